@@ -1,0 +1,90 @@
+"""SegOFA's surrogate decoder: a causal OFA decoder fed [BOS ; encoder outputs at the image positions].
+
+There are no learned query tokens. Output position i sees BOS and the encoder outputs 0..i-1 through causal
+self-attention and the whole encoder output through cross-attention; its final state scores the classes by a dot
+product with the class table, whose rows are mean token embeddings of the category names (the tied head).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..presets import OFAConfig
+from .encoder import EncoderOutput, absolute_bias
+from .layers import DecoderLayer
+from .position import resize_grid, resize_pair_bias, seg_relative_index
+
+
+class SurrogateDecoder(nn.Module):
+    def __init__(self, cfg: OFAConfig, num_classes: int) -> None:
+        super().__init__()
+        d, heads, eps, s = cfg.d_model, cfg.heads, cfg.layer_norm_eps, cfg.seg_bucket_size
+        self.cfg = cfg
+        self.layernorm_embedding = nn.LayerNorm(d, eps=eps)
+        self.embed_seg_positions = nn.Embedding(s * s + 1, d)
+        self.seg_pos_ln = nn.LayerNorm(d, eps=eps)
+        self.self_pos_q_linear = nn.Linear(d, d)
+        self.self_pos_k_linear = nn.Linear(d, d)
+        self.cross_pos_q_linear = nn.Linear(d, d)
+        self.cross_pos_k_linear = nn.Linear(d, d)
+        self.pos_scaling = float(cfg.head_dim * cfg.attn_scale_factor) ** -0.5
+        rates = torch.linspace(0, cfg.drop_path_rate, cfg.decoder_layers, device="cpu").tolist()
+        self.layers = nn.ModuleList(
+            DecoderLayer(d, cfg.ffn_dim, heads, scale_factor=cfg.attn_scale_factor, dropout=cfg.dropout,
+                         attention_dropout=cfg.attention_dropout, drop_path=r, eps=eps)
+            for r in rates
+        )
+        self.layer_norm = nn.LayerNorm(d, eps=eps)
+        self.seg_rel_pos_table_list = nn.ModuleList(
+            nn.Embedding((2 * s - 1) ** 2 + 3, heads) for _ in range(cfg.decoder_layers)
+        )
+        # The class table; also the (tied) output projection.
+        self.seg_embed_tokens = nn.Embedding(num_classes, d)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.register_buffer("seg_rel_index", seg_relative_index(s), persistent=False)
+
+    def seg_positions(self, grid: tuple[int, int]) -> Tensor:
+        """(1 + h*w, d) decoder positions: BOS row 0, then the seg grid resized to ``grid``."""
+        s = self.cfg.seg_bucket_size
+        table = self.embed_seg_positions.weight
+        cells = resize_grid(table[1:].reshape(s, s, -1).permute(2, 0, 1), grid).flatten(1).transpose(0, 1)
+        return torch.cat([table[:1], cells], dim=0)
+
+    def seg_rel_bias(self, idx: int, grid: tuple[int, int]) -> Tensor:
+        """(H, T, T) relative bias; the grid block is resized, the BOS row and column are kept."""
+        s = self.cfg.seg_bucket_size
+        values = self.seg_rel_pos_table_list[idx].weight[self.seg_rel_index].permute(2, 0, 1)
+        if grid == (s, s):
+            return values
+        bos_bos = values[:, :1, :1]
+        bos_row = resize_grid(values[:, :1, 1:].reshape(-1, 1, s, s), grid).flatten(2)
+        bos_col = resize_grid(values[:, 1:, :1].reshape(-1, 1, s, s), grid).flatten(2).transpose(1, 2)
+        cells = resize_pair_bias(values[:, 1:, 1:], (s, s), grid)
+        top = torch.cat([bos_bos, bos_row], dim=2)
+        return torch.cat([top, torch.cat([bos_col, cells], dim=2)], dim=1)
+
+    def forward(self, enc: EncoderOutput, bos_embedding: Tensor) -> Tensor:
+        """Final-LN decoder states (B, 1 + h*w, d); the last position is the one the head drops."""
+        h, w = enc.grid
+        n = h * w
+        b = enc.out.shape[0]
+        x = torch.cat([bos_embedding.expand(b, 1, -1).to(enc.out.dtype), enc.out[:, :n]], dim=1)
+        x = self.dropout(self.layernorm_embedding(x))
+
+        tgt_pos = self.seg_pos_ln(self.seg_positions(enc.grid)).unsqueeze(0)
+        heads = self.cfg.heads
+        self_abs = absolute_bias(self.self_pos_q_linear, self.self_pos_k_linear, tgt_pos, tgt_pos, heads,
+                                 self.pos_scaling)
+        cross_bias = absolute_bias(self.cross_pos_q_linear, self.cross_pos_k_linear, tgt_pos, enc.pos, heads,
+                                   self.pos_scaling).to(x.dtype)
+        causal = torch.full((n + 1, n + 1), float("-inf"), device=x.device).triu(1)
+        for idx, layer in enumerate(self.layers):
+            self_bias = (self_abs + self.seg_rel_bias(idx, enc.grid) + causal).to(x.dtype)
+            x = layer(x, enc.out, self_bias, cross_bias, enc.padding_mask)
+        return self.layer_norm(x)
+
+    def class_logits(self, features: Tensor) -> Tensor:
+        """(B, T, d) -> (B, T, M): <h, e_c> with the class table, no bias, no temperature."""
+        return F.linear(features, self.seg_embed_tokens.weight.to(features.dtype))

@@ -1,0 +1,133 @@
+"""OFA encoder over [image tokens ; text tokens] with TUPE absolute and bucketed relative position biases."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from ..presets import OFAConfig
+from .layers import EncoderLayer
+from .resnet import ResNetStages
+from .position import grid_relative_index, resize_grid, resize_pair_bias, token_bucket_index
+
+PAD_ID = 1
+
+
+class EncoderOutput(NamedTuple):
+    out: Tensor  # (B, N + Lt, d) after the final LayerNorm; image positions first
+    pos: Tensor  # (1, N + Lt, d) LayerNorm'd position embeddings, reused by the decoder's cross bias
+    padding_mask: Tensor | None  # (B, N + Lt), True at padded text positions; None when nothing is padded
+    grid: tuple[int, int]
+
+
+def absolute_bias(pos_q: nn.Linear, pos_k: nn.Linear, q_pos: Tensor, k_pos: Tensor, heads: int,
+                  scaling: float) -> Tensor:
+    """TUPE-style (1, H, Lq, Lk) bias: per-head (W_q p_i * s) . (W_k p_j)."""
+    q = pos_q(q_pos).unflatten(-1, (heads, -1)).transpose(1, 2) * scaling
+    k = pos_k(k_pos).unflatten(-1, (heads, -1)).transpose(1, 2)
+    return q @ k.transpose(-1, -2)
+
+
+class OFAEncoder(nn.Module):
+    def __init__(self, cfg: OFAConfig) -> None:
+        super().__init__()
+        d, heads, eps = cfg.d_model, cfg.heads, cfg.layer_norm_eps
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_rows, d, padding_idx=PAD_ID)
+        self.embed_images = ResNetStages(cfg.resnet_layers)
+        self.image_proj = nn.Linear(cfg.resnet_channels, d)
+        self.type_embedding = nn.Embedding(2, d)
+        self.layernorm_embedding = nn.LayerNorm(d, eps=eps)
+        self.patch_layernorm_embedding = nn.LayerNorm(d, eps=eps)
+        self.embed_positions = nn.Embedding(cfg.max_source_positions + 2, d)
+        self.embed_image_positions = nn.Embedding(cfg.image_bucket_size**2 + 1, d)
+        self.pos_ln = nn.LayerNorm(d, eps=eps)
+        self.image_pos_ln = nn.LayerNorm(d, eps=eps)
+        self.pos_q_linear = nn.Linear(d, d)
+        self.pos_k_linear = nn.Linear(d, d)
+        self.pos_scaling = float(cfg.head_dim * cfg.attn_scale_factor) ** -0.5
+        rates = torch.linspace(0, cfg.drop_path_rate, cfg.encoder_layers, device="cpu").tolist()
+        self.layers = nn.ModuleList(
+            EncoderLayer(d, cfg.ffn_dim, heads, scale_factor=cfg.attn_scale_factor, dropout=cfg.dropout,
+                         attention_dropout=cfg.attention_dropout, drop_path=r, eps=eps)
+            for r in rates
+        )
+        self.layer_norm = nn.LayerNorm(d, eps=eps)
+        self.token_rel_pos_table_list = nn.ModuleList(
+            nn.Embedding(2 * cfg.token_bucket_size - 1, heads) for _ in range(cfg.encoder_layers)
+        )
+        self.image_rel_pos_table_list = nn.ModuleList(
+            nn.Embedding((2 * cfg.image_bucket_size - 1) ** 2 + 3, heads) for _ in range(cfg.encoder_layers)
+        )
+        self.dropout = nn.Dropout(cfg.dropout)
+        g = cfg.orig_patch_grid
+        self.register_buffer("image_rel_index", grid_relative_index(g, g, cfg.image_bucket_size),
+                             persistent=False)
+
+    # -- embeddings -------------------------------------------------------------------------------------------
+    def embed_patches(self, projected: Tensor) -> Tensor:
+        """(B, N, d) projected image tokens (or a word map) -> + type 1 -> patch LayerNorm -> dropout."""
+        return self.dropout(self.patch_layernorm_embedding(projected + self.type_embedding.weight[1]))
+
+    def embed_text(self, src_tokens: Tensor) -> Tensor:
+        return self.dropout(self.layernorm_embedding(self.embed_tokens(src_tokens) + self.type_embedding.weight[0]))
+
+    def image_positions(self, grid: tuple[int, int]) -> Tensor:
+        """(h*w, d) image position embeddings before their LayerNorm.
+
+        Grids of at most the pre-training cell count look rows up directly (id = bucket*r + c + 1, as the
+        official code does); larger grids bilinearly resize the pre-training block. Grids wider or taller than
+        the bucket would alias rows under a direct lookup, so they are resized too.
+        """
+        h, w = grid
+        g, b = self.cfg.orig_patch_grid, self.cfg.image_bucket_size
+        table = self.embed_image_positions.weight
+        if h * w <= g * g and h <= b and w <= b:
+            ids = (torch.arange(h, device=table.device)[:, None] * b + torch.arange(w, device=table.device) + 1)
+            return table[ids.flatten()]
+        ids = torch.arange(g, device=table.device)[:, None] * b + torch.arange(g, device=table.device) + 1
+        block = table[ids].permute(2, 0, 1)  # (d, g, g)
+        return resize_grid(block, (h, w)).flatten(1).transpose(0, 1)
+
+    # -- biases -----------------------------------------------------------------------------------------------
+    def image_rel_bias(self, idx: int, grid: tuple[int, int]) -> Tensor:
+        """(H, N, N) 2-D relative bias, computed on the pre-training grid and resized to ``grid``."""
+        g = self.cfg.orig_patch_grid
+        values = self.image_rel_pos_table_list[idx].weight[self.image_rel_index].permute(2, 0, 1)
+        return resize_pair_bias(values, (g, g), grid)
+
+    def text_rel_bias(self, idx: int, length: int, device: torch.device) -> Tensor:
+        index = token_bucket_index(length, self.cfg.token_bucket_size, self.cfg.max_source_positions, device)
+        return self.token_rel_pos_table_list[idx].weight[index].permute(2, 0, 1)
+
+    # -- forward ----------------------------------------------------------------------------------------------
+    def forward(self, patches: Tensor, grid: tuple[int, int], src_tokens: Tensor,
+                check_padding: bool = True) -> EncoderOutput:
+        """patches: (B, h*w, d) already through :meth:`embed_patches`; src_tokens: (B, Lt).
+
+        ``check_padding=False`` skips looking for ``<pad>`` in the text (a host sync on a GPU) when the caller
+        knows there is none, as with the single IFSeg prompt.
+        """
+        n, lt = patches.shape[1], src_tokens.shape[1]
+        if n != grid[0] * grid[1]:
+            raise ValueError(f"{n} image tokens do not form a {grid[0]}x{grid[1]} grid")
+        x = torch.cat([patches, self.embed_text(src_tokens)], dim=1)
+        padding_mask = None
+        text_pad = src_tokens.eq(PAD_ID)
+        if check_padding and bool(text_pad.any()):
+            padding_mask = torch.cat([text_pad.new_zeros(src_tokens.shape[0], n), text_pad], dim=1)
+            x = x * (~padding_mask).unsqueeze(-1).to(x.dtype)
+
+        text_pos = self.pos_ln(self.embed_positions.weight[:lt])
+        pos = torch.cat([self.image_pos_ln(self.image_positions(grid)), text_pos], dim=0).unsqueeze(0)
+        abs_bias = absolute_bias(self.pos_q_linear, self.pos_k_linear, pos, pos, self.cfg.heads, self.pos_scaling)
+
+        for idx, layer in enumerate(self.layers):
+            bias = abs_bias.clone()
+            bias[:, :, n:, n:] += self.text_rel_bias(idx, lt, x.device)
+            bias[:, :, :n, :n] += self.image_rel_bias(idx, grid)
+            x = layer(x, bias.to(x.dtype), padding_mask)
+        return EncoderOutput(self.layer_norm(x), pos, padding_mask, grid)
+

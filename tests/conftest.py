@@ -1,0 +1,42 @@
+"""Shared fixtures: paths to the team's test data in ../shared and tiny random OFA checkpoints."""
+
+from __future__ import annotations
+
+import lzma
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+GOLDEN_DIR = SHARED / "segofa_golden"
+REAL_BPE_DIR = SHARED / "ofa_bpe"
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    if not (GOLDEN_DIR / "segofa_tiny_random.pt.xz").is_file():
+        pytest.skip(f"official SegOFA golden outputs not found at {GOLDEN_DIR} (test data kept outside the repo)")
+    return GOLDEN_DIR
+
+
+@pytest.fixture(scope="session")
+def golden_checkpoint(golden_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The official code's tiny random SegOFA checkpoint, unpacked once per session."""
+    out = tmp_path_factory.mktemp("golden") / "segofa_tiny_random.pt"
+    with lzma.open(golden_dir / "segofa_tiny_random.pt.xz") as src, open(out, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    return out
+
+
+@pytest.fixture(scope="session")
+def real_bpe_dir() -> Path:
+    if not (REAL_BPE_DIR / "encoder.json").is_file():
+        pytest.skip(f"real OFA BPE files not found at {REAL_BPE_DIR} (test data kept outside the repo)")
+    return REAL_BPE_DIR
+
+
+@pytest.fixture(autouse=True)
+def _deterministic() -> None:
+    torch.manual_seed(0)
