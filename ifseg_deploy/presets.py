@@ -69,9 +69,9 @@ class OFAConfig:
 
     def approx_params(self) -> int:
         """Parameter count of the SegOFA model built from this config (without the class table)."""
-        from .modeling.segofa import SegOFA
-
         import torch
+
+        from .modeling.segofa import SegOFA
 
         with torch.device("meta"):
             model = SegOFA(self, num_classes=1)

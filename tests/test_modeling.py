@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from ofa_fixture import randomize_, tiny_config
 
 from ifseg_deploy.checkpoints.loader import load_fairseq_state, state_dict_into_model
 from ifseg_deploy.checkpoints.ofa_keys import infer_config
@@ -16,8 +17,6 @@ from ifseg_deploy.modeling.attention import MultiheadAttention
 from ifseg_deploy.modeling.position import grid_relative_index, seg_relative_index, token_bucket_index
 from ifseg_deploy.modeling.segofa import SegOFA
 from ifseg_deploy.presets import PRESETS
-
-from ofa_fixture import randomize_, tiny_config
 
 TOL = dict(atol=1e-4, rtol=1e-4)
 

@@ -9,8 +9,8 @@ from torch import Tensor, nn
 
 from ..presets import OFAConfig
 from .layers import EncoderLayer
-from .resnet import ResNetStages
 from .position import grid_relative_index, resize_grid, resize_pair_bias, token_bucket_index
+from .resnet import ResNetStages
 
 PAD_ID = 1
 

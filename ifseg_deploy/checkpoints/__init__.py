@@ -1,0 +1,1 @@
+"""Loading OFA checkpoints (official fairseq files and Hugging Face directories) safely."""

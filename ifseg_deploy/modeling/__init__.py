@@ -1,0 +1,1 @@
+"""The OFA backbone and the SegOFA head as plain nn.Modules."""

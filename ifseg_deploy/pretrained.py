@@ -1,0 +1,111 @@
+"""The adapted-model directory every stage after ``adapt`` loads: ``config.json`` + ``model.safetensors`` +
+tokenizer files, written atomically."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .atomic import atomic_directory
+from .checkpoints.errors import CheckpointError
+from .checkpoints.safe_load import load_safetensors
+from .modeling.segofa import SegOFA
+from .presets import OFAConfig
+from .tokenizer import DEFAULT_PROMPT, OFATokenizer, TokenizerError
+from .version import __version__
+
+FORMAT_NAME = "ifseg-deploy/adapted-model"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+# IFSeg's evaluation preprocessing (ifseg_method.md §4): short side 512, long side at most 2048, bilinear,
+# mean = std = 0.5 on [0, 1] RGB, whole image, model grid ceil(H/16) x ceil(W/16).
+DEFAULT_PREPROCESSING = {"short_side": 512, "max_long_side": 2048, "mean": [0.5, 0.5, 0.5],
+                         "std": [0.5, 0.5, 0.5], "patch_size": 16, "interpolation": "bilinear"}
+
+
+@dataclass
+class AdaptedModel:
+    """A SegOFA model with its categories, prompt, tokenizer and metadata; what ``save_pretrained`` writes."""
+
+    model: SegOFA
+    tokenizer: OFATokenizer
+    categories: list[str]
+    prompt: str = DEFAULT_PROMPT
+    preprocessing: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_PREPROCESSING))
+    metadata: dict[str, Any] = field(default_factory=dict)  # e.g. the adaptation run's configuration
+
+    @classmethod
+    def from_ofa(cls, checkpoint: str | Path, categories: Sequence[str], *, bpe_dir: str | Path | None = None,
+                 arch: str | None = None, prompt: str = DEFAULT_PROMPT, seed: int = 0) -> AdaptedModel:
+        """Start from an OFA checkpoint (fairseq file or Hugging Face directory): the unadapted model."""
+        from .checkpoints.loader import load_ofa
+
+        model, tokenizer, report = load_ofa(checkpoint, categories, bpe_dir=bpe_dir, arch=arch, prompt=prompt,
+                                            seed=seed)
+        meta = {"source_checkpoint": str(checkpoint), "load_report": report.summary()}
+        return cls(model, tokenizer, [c.strip() for c in categories], prompt, metadata=meta)
+
+    def config_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "package_version": __version__,
+            "architecture": self.model.cfg.to_dict(),
+            "categories": self.categories,
+            "prompt": self.prompt,
+            "preprocessing": self.preprocessing,
+            "metadata": self.metadata,
+        }
+
+    def save_pretrained(self, out_dir: str | Path, overwrite: bool = False) -> Path:
+        """Write the directory atomically: a kill half-way leaves no directory under ``out_dir``'s name."""
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        with atomic_directory(out_dir, overwrite=overwrite) as staging:
+            save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": FORMAT_NAME})
+            self.tokenizer.save(staging)
+            (staging / CONFIG_FILE).write_text(json.dumps(self.config_dict(), indent=2) + "\n")
+        return Path(out_dir)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> AdaptedModel:
+        """Load a directory written by :meth:`save_pretrained`; refuses anything else with a clear message."""
+        path = Path(path)
+        cfg_file = path / CONFIG_FILE
+        if not cfg_file.is_file():
+            raise CheckpointError(f"{path} is not an adapted-model directory (no {CONFIG_FILE}); "
+                                  "create one with `ifseg-deploy adapt`")
+        try:
+            conf = json.loads(cfg_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{cfg_file} is corrupt ({e})") from None
+        if conf.get("format") != FORMAT_NAME:
+            raise CheckpointError(f"{cfg_file} is not an ifseg-deploy adapted model (format {conf.get('format')!r})")
+        if int(conf.get("format_version", 0)) > FORMAT_VERSION:
+            raise CheckpointError(f"{path} was written by a newer ifseg-deploy (format {conf['format_version']}, "
+                                  f"this is {__version__} reading format {FORMAT_VERSION}); upgrade the package")
+        try:
+            arch = OFAConfig.from_dict(conf["architecture"])
+            categories = list(conf["categories"])
+            tokenizer = OFATokenizer.from_dir(path)
+        except (KeyError, TypeError, ValueError) as e:
+            if isinstance(e, TokenizerError):
+                raise CheckpointError(str(e)) from None
+            raise CheckpointError(f"{cfg_file} is incomplete or invalid ({e})") from None
+        state = load_safetensors(path / WEIGHTS_FILE)
+        model = SegOFA(arch, num_classes=len(categories))
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise CheckpointError(f"{path / WEIGHTS_FILE} does not match {cfg_file}: {str(e).splitlines()[0]}"
+                                  ) from None
+        return cls(model.to(device).eval(), tokenizer, categories, conf.get("prompt", DEFAULT_PROMPT),
+                   conf.get("preprocessing", dict(DEFAULT_PREPROCESSING)), conf.get("metadata", {}))

@@ -1,0 +1,3 @@
+"""Version of the ifseg-deploy package (read by pyproject.toml)."""
+
+__version__ = "0.1.0"
