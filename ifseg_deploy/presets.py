@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-RESNET_LAYERS = {"resnet50": (3, 4, 6), "resnet101": (3, 4, 23), "resnet152": (3, 8, 36)}
+# Bottleneck blocks per stage (stages 1-3 only: OFA stops at output stride 16). "resnet-mini" is not an OFA
+# size: it keeps the block structure for small models that must train in minutes on a CPU.
+RESNET_LAYERS = {"resnet50": (3, 4, 6), "resnet101": (3, 4, 23), "resnet152": (3, 8, 36), "resnet-mini": (1, 1, 1)}
 
 # English OFA vocabulary: 50 265 BPE symbols (incl. specials and <mask>) + 8192 image codes + 1000 location bins.
 OFA_ENGLISH_VOCAB_ROWS = 59457
@@ -40,12 +42,17 @@ class OFAConfig:
     dropout: float = 0.1
     attention_dropout: float = 0.0
     drop_path_rate: float = 0.1
-    resnet_channels: int = 1024
+    # Width of the first ResNet stage; stage-3 output channels are 16x this (1024 for every OFA size).
+    resnet_width: int = 64
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.heads
+
+    @property
+    def resnet_channels(self) -> int:
+        return self.resnet_width * 16
 
     @property
     def resnet_layers(self) -> tuple[int, int, int]:

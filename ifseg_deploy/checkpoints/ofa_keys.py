@@ -87,6 +87,8 @@ def infer_config(state: Mapping[str, Tensor], source: str) -> OFAConfig:
         decoder_layers=_count(state, "decoder.layers."),
         resnet_type=resnet,
     )
+    width = int(state["encoder.embed_images.conv1.weight"].shape[0])
+    fields["resnet_width"] = width
     name = next((p.name for p in PRESETS.values() if all(getattr(p, k) == v for k, v in fields.items())), "custom")
     return OFAConfig(
         name,
@@ -99,7 +101,7 @@ def infer_config(state: Mapping[str, Tensor], source: str) -> OFAConfig:
     )
 
 
-ARCH_FIELDS = ("d_model", "ffn_dim", "heads", "encoder_layers", "decoder_layers", "resnet_type")
+ARCH_FIELDS = ("d_model", "ffn_dim", "heads", "encoder_layers", "decoder_layers", "resnet_type", "resnet_width")
 
 
 def describe(cfg: OFAConfig) -> str:

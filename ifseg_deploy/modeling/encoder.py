@@ -36,7 +36,7 @@ class OFAEncoder(nn.Module):
         d, heads, eps = cfg.d_model, cfg.heads, cfg.layer_norm_eps
         self.cfg = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_rows, d, padding_idx=PAD_ID)
-        self.embed_images = ResNetStages(cfg.resnet_layers)
+        self.embed_images = ResNetStages(cfg.resnet_layers, cfg.resnet_width)
         self.image_proj = nn.Linear(cfg.resnet_channels, d)
         self.type_embedding = nn.Embedding(2, d)
         self.layernorm_embedding = nn.LayerNorm(d, eps=eps)

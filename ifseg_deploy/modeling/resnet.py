@@ -47,15 +47,16 @@ class Bottleneck(nn.Module):
 
 
 class ResNetStages(nn.Module):
-    """conv1 7x7/2 -> BN -> ReLU -> maxpool 3x3/2 -> layer1..layer3; (B, 3, H, W) -> (B, 1024, H/16, W/16)."""
+    """conv1 7x7/2 -> BN -> ReLU -> maxpool 3x3/2 -> layer1..layer3; (B, 3, H, W) -> (B, 16 * width, H/16, W/16)."""
 
-    def __init__(self, layers: tuple[int, int, int]) -> None:
+    def __init__(self, layers: tuple[int, int, int], width: int = 64) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = FrozenBatchNorm2d(64)
+        self.conv1 = nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False)
+        self.bn1 = FrozenBatchNorm2d(width)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        inplanes = 64
-        for i, (planes, blocks, stride) in enumerate(zip((64, 128, 256), layers, (1, 2, 2), strict=True), 1):
+        inplanes = width
+        widths = (width, 2 * width, 4 * width)
+        for i, (planes, blocks, stride) in enumerate(zip(widths, layers, (1, 2, 2), strict=True), 1):
             downsample = nn.Sequential(
                 nn.Conv2d(inplanes, planes * 4, 1, stride=stride, bias=False), FrozenBatchNorm2d(planes * 4)
             )
