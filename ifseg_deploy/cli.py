@@ -221,6 +221,18 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# Commands living in their own modules register here, after the shared helpers above exist.
+from .commands.adapt import adapt as _adapt_command  # noqa: E402
+
+cli.add_command(_adapt_command)
+
+from .commands.evaluate import evaluate_command as _eval_command  # noqa: E402
+from .commands.segment import segment as _segment_command  # noqa: E402
+
+cli.add_command(_segment_command)
+cli.add_command(_eval_command)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     cli.main(args=argv, prog_name="ifseg-deploy")

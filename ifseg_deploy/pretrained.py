@@ -64,14 +64,20 @@ class AdaptedModel:
             "metadata": self.metadata,
         }
 
-    def save_pretrained(self, out_dir: str | Path, overwrite: bool = False) -> Path:
-        """Write the directory atomically: a kill half-way leaves no directory under ``out_dir``'s name."""
+    def save_pretrained(self, out_dir: str | Path, overwrite: bool = False,
+                        extra_files: dict[str, bytes] | None = None) -> Path:
+        """Write the directory atomically: a kill half-way leaves no directory under ``out_dir``'s name.
+
+        ``extra_files`` (name -> bytes) land in the same directory in the same rename, e.g. a training log.
+        """
         from safetensors.torch import save_file
 
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         with atomic_directory(out_dir, overwrite=overwrite) as staging:
             save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": FORMAT_NAME})
             self.tokenizer.save(staging)
+            for name, data in (extra_files or {}).items():
+                (staging / name).write_bytes(data)
             (staging / CONFIG_FILE).write_text(json.dumps(self.config_dict(), indent=2) + "\n")
         return Path(out_dir)
 

@@ -212,3 +212,27 @@ def test_base_preset_matches_official_inventory():
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     # 109.33M trainable in the official model, of which 2.68M are decoder modules the surrogate never uses
     assert abs(trainable - (109.33e6 - 2.68e6)) / 106.65e6 < 0.01
+
+
+@pytest.mark.parametrize("h, w", [(32, 32), (5, 7), (1, 9)])
+def test_toeplitz_bias_equals_table_gather(h, w):
+    from ifseg_deploy.modeling.position import grid_relative_bias
+
+    table = torch.randn((2 * 9 - 1) ** 2 + 3, 3, dtype=torch.float64) if h < 32 else torch.randn(6892, 3).double()
+    b = 9 if h < 32 else 42
+    expected = table[grid_relative_index(h, w, b)].permute(2, 0, 1)
+    torch.testing.assert_close(grid_relative_bias(table, h, w, b), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dst", [(8, 8), (24, 40), (32, 43), (3, 1)])
+def test_resized_bias_equals_the_official_two_step_resize(dst):
+    """Resize keys then queries of the full 32x32 bias with F.interpolate, as encoder_module.py:782-808 does."""
+    from ifseg_deploy.modeling.position import relative_bias_on_grid
+
+    table = torch.randn(6892, 2, dtype=torch.float64)
+    full = table[grid_relative_index(32, 32, 42)].permute(2, 0, 1)  # (H, 1024, 1024)
+    keys = F.interpolate(full.reshape(2 * 1024, 1, 32, 32), size=dst, mode="bilinear", align_corners=False)
+    keys = keys.reshape(2, 32, 32, dst[0] * dst[1]).permute(0, 3, 1, 2).reshape(-1, 1, 32, 32)
+    both = F.interpolate(keys, size=dst, mode="bilinear", align_corners=False)
+    expected = both.reshape(2, dst[0] * dst[1], dst[0] * dst[1]).transpose(1, 2)
+    torch.testing.assert_close(relative_bias_on_grid(table, 32, dst, 42), expected, rtol=1e-12, atol=1e-12)

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from ..presets import OFAConfig
 from .encoder import EncoderOutput, absolute_bias
 from .layers import DecoderLayer
-from .position import resize_grid, resize_pair_bias, seg_relative_index
+from .position import relative_bias_on_grid, resize_grid
 
 
 class SurrogateDecoder(nn.Module):
@@ -43,7 +43,6 @@ class SurrogateDecoder(nn.Module):
         # The class table; also the (tied) output projection.
         self.seg_embed_tokens = nn.Embedding(num_classes, d)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.register_buffer("seg_rel_index", seg_relative_index(s), persistent=False)
 
     def seg_positions(self, grid: tuple[int, int]) -> Tensor:
         """(1 + h*w, d) decoder positions: BOS row 0, then the seg grid resized to ``grid``."""
@@ -55,15 +54,15 @@ class SurrogateDecoder(nn.Module):
     def seg_rel_bias(self, idx: int, grid: tuple[int, int]) -> Tensor:
         """(H, T, T) relative bias; the grid block is resized, the BOS row and column are kept."""
         s = self.cfg.seg_bucket_size
-        values = self.seg_rel_pos_table_list[idx].weight[self.seg_rel_index].permute(2, 0, 1)
-        if grid == (s, s):
-            return values
-        bos_bos = values[:, :1, :1]
-        bos_row = resize_grid(values[:, :1, 1:].reshape(-1, 1, s, s), grid).flatten(2)
-        bos_col = resize_grid(values[:, 1:, :1].reshape(-1, 1, s, s), grid).flatten(2).transpose(1, 2)
-        cells = resize_pair_bias(values[:, 1:, 1:], (s, s), grid)
-        top = torch.cat([bos_bos, bos_row], dim=2)
-        return torch.cat([top, torch.cat([bos_col, cells], dim=2)], dim=1)
+        table = self.seg_rel_pos_table_list[idx].weight
+        n = (2 * s - 1) ** 2
+        cells = relative_bias_on_grid(table, s, grid, s)  # (H, N, N)
+        heads, m = cells.shape[0], cells.shape[1]
+        # BOS row, BOS column and BOS-BOS use the three rows after the offsets (official bucket order); they are
+        # constant along the grid, so resizing them changes nothing.
+        top = torch.cat([table[n + 2].view(heads, 1, 1), table[n].view(heads, 1, 1).expand(heads, 1, m)], dim=2)
+        left = table[n + 1].view(heads, 1, 1).expand(heads, m, 1)
+        return torch.cat([top, torch.cat([left, cells], dim=2)], dim=1)
 
     def forward(self, enc: EncoderOutput, bos_embedding: Tensor) -> Tensor:
         """Final-LN decoder states (B, 1 + h*w, d); the last position is the one the head drops."""

@@ -9,7 +9,12 @@ from torch import Tensor, nn
 
 from ..presets import OFAConfig
 from .layers import EncoderLayer
-from .position import grid_relative_index, resize_grid, resize_pair_bias, token_bucket_index
+from .position import (
+    relative_bias_on_grid,
+    resize_grid,
+    shape_agnostic_enabled,
+    token_bucket_index,
+)
 from .resnet import ResNetStages
 
 PAD_ID = 1
@@ -62,9 +67,6 @@ class OFAEncoder(nn.Module):
             nn.Embedding((2 * cfg.image_bucket_size - 1) ** 2 + 3, heads) for _ in range(cfg.encoder_layers)
         )
         self.dropout = nn.Dropout(cfg.dropout)
-        g = cfg.orig_patch_grid
-        self.register_buffer("image_rel_index", grid_relative_index(g, g, cfg.image_bucket_size),
-                             persistent=False)
 
     # -- embeddings -------------------------------------------------------------------------------------------
     def embed_patches(self, projected: Tensor) -> Tensor:
@@ -84,6 +86,8 @@ class OFAEncoder(nn.Module):
         h, w = grid
         g, b = self.cfg.orig_patch_grid, self.cfg.image_bucket_size
         table = self.embed_image_positions.weight
+        if shape_agnostic_enabled():
+            return self._image_positions_in_graph(grid)
         if h * w <= g * g and h <= b and w <= b:
             ids = (torch.arange(h, device=table.device)[:, None] * b + torch.arange(w, device=table.device) + 1)
             return table[ids.flatten()]
@@ -91,12 +95,31 @@ class OFAEncoder(nn.Module):
         block = table[ids].permute(2, 0, 1)  # (d, g, g)
         return resize_grid(block, (h, w)).flatten(1).transpose(0, 1)
 
+    def _image_positions_in_graph(self, grid: tuple[int, int]) -> Tensor:
+        """:meth:`image_positions` with the lookup-or-resize choice made by a tensor ``where`` (same values).
+
+        For dynamic-shape export, where ``h`` and ``w`` are symbolic: both paths are computed (the lookup ids
+        clamped into the table so that they stay valid when the resize wins) and the official rule picks one.
+        """
+        h, w = grid
+        g, b = self.cfg.orig_patch_grid, self.cfg.image_bucket_size
+        table = self.embed_image_positions.weight
+        dev = table.device
+        rows, cols = torch.arange(h, device=dev), torch.arange(w, device=dev)
+        ids = (rows[:, None] * b + cols + 1).clamp(max=table.shape[0] - 1)
+        direct = table[ids.flatten()]
+        block_ids = torch.arange(g, device=dev)[:, None] * b + torch.arange(g, device=dev) + 1
+        resized = resize_grid(table[block_ids].permute(2, 0, 1), (h, w)).flatten(1).transpose(0, 1)
+        # h and w as graph values (not Python ints), so the condition is evaluated per input at run time.
+        h_t, w_t = rows.max() + 1, cols.max() + 1
+        lookup = (h_t * w_t <= g * g) & (h_t <= b) & (w_t <= b)
+        return torch.where(lookup, direct, resized)
+
     # -- biases -----------------------------------------------------------------------------------------------
     def image_rel_bias(self, idx: int, grid: tuple[int, int]) -> Tensor:
         """(H, N, N) 2-D relative bias, computed on the pre-training grid and resized to ``grid``."""
-        g = self.cfg.orig_patch_grid
-        values = self.image_rel_pos_table_list[idx].weight[self.image_rel_index].permute(2, 0, 1)
-        return resize_pair_bias(values, (g, g), grid)
+        table = self.image_rel_pos_table_list[idx].weight
+        return relative_bias_on_grid(table, self.cfg.orig_patch_grid, grid, self.cfg.image_bucket_size)
 
     def text_rel_bias(self, idx: int, length: int, device: torch.device) -> Tensor:
         index = token_bucket_index(length, self.cfg.token_bucket_size, self.cfg.max_source_positions, device)

@@ -8,7 +8,9 @@ official code resizes tables and biases bilinearly; the helpers below do the sam
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +49,67 @@ def grid_relative_index(h: int, w: int, bucket_size: int, device: torch.device |
     return dr * (2 * bucket_size - 1) + dc
 
 
+def toeplitz_2d(offsets: Tensor, h: int, w: int) -> Tensor:
+    """(2h-1, 2w-1, H) per-offset values -> (H, h*w, h*w) with [q, k] = offsets[qr - kr + h - 1, qc - kc + w - 1].
+
+    Built with flips and ``unfold`` (views and one copy) instead of gathering h*w*h*w table rows: the gather's
+    backward scatters millions of gradients into a few thousand rows, which dominated a CPU training step.
+    """
+    rows = offsets.flip(0).unfold(0, h, 1).flip(0)  # (h, 2w-1, H, h): [qr, :, :, kr]
+    both = rows.flip(1).unfold(1, w, 1).flip(1)  # (h, w, H, h, w): [qr, qc, :, kr, kc]
+    return both.permute(2, 0, 1, 3, 4).reshape(offsets.shape[-1], h * w, h * w)
+
+
+def grid_relative_bias(table: Tensor, h: int, w: int, bucket_size: int) -> Tensor:
+    """(H, h*w, h*w) relative bias of an h x w grid from a ``(2b-1)^2 (+3)`` x H table (b = ``bucket_size``).
+
+    Equals ``table[grid_relative_index(h, w, b)].permute(2, 0, 1)`` for h, w <= b.
+    """
+    return toeplitz_2d(grid_offsets(table, h, w, bucket_size), h, w)
+
+
+def grid_offsets(table: Tensor, h: int, w: int, bucket_size: int) -> Tensor:
+    """(2h-1, 2w-1, H): the rows of a 2-D relative table that an h x w grid's offsets use."""
+    b = bucket_size
+    if h > b or w > b:
+        raise ValueError(f"a {h}x{w} grid has offsets beyond the {b}-bucket table")
+    offsets = table[: (2 * b - 1) ** 2].reshape(2 * b - 1, 2 * b - 1, -1)
+    return offsets[b - h: b + h - 1, b - w: b + w - 1]
+
+
+def relative_bias_on_grid(table: Tensor, src: int, dst: tuple[int, int], bucket_size: int) -> Tensor:
+    """(H, N, N) bias of the src x src pre-training grid, resized to ``dst`` when it differs (§1.4)."""
+    offsets = grid_offsets(table, src, src, bucket_size)
+    if not _SHAPE_AGNOSTIC and tuple(dst) == (src, src):
+        return toeplitz_2d(offsets, src, src)
+    return resized_relative_bias(offsets, src, dst)
+
+
+def interpolation_matrix(n_in: int, n_out: int, like: Tensor) -> Tensor:
+    """(n_out, n_in) weights of a 1-D bilinear resize with align_corners=False, taken from F.interpolate itself
+    (resizing the identity), so they are the weights the official resize applies."""
+    eye = torch.eye(n_in, dtype=like.dtype, device=like.device).reshape(1, n_in, n_in, 1)
+    return F.interpolate(eye, size=(n_out, 1), mode="bilinear", align_corners=False)[0, :, :, 0].transpose(0, 1)
+
+
+def resized_relative_bias(offsets: Tensor, src: int, dst: tuple[int, int]) -> Tensor:
+    """The (H, q, k) relative bias of a src x src grid, bilinearly resized in the key and the query dims to dst.
+
+    ``offsets`` is (2*src-1, 2*src-1, H) indexed by (dr + src - 1, dc + src - 1). Equal to
+    ``resize_pair_bias(toeplitz_2d(offsets, src, src), (src, src), dst)``, but applies the separable resize to
+    the Toeplitz structure row axis first, so the src^4 bias is never materialised.
+    """
+    h, w = dst
+    heads = offsets.shape[-1]
+    wr = interpolation_matrix(src, h, offsets)  # (h, src)
+    wc = interpolation_matrix(src, w, offsets)  # (w, src)
+    by_rows = offsets.flip(0).unfold(0, src, 1).flip(0)  # (src_qr, 2src-1, H, src_kr): [qr, dc, :, kr]
+    rows = torch.einsum("ap,pcHq,bq->abcH", wr, by_rows, wr)  # (h, h, 2src-1, H)
+    by_cols = rows.flip(2).unfold(2, src, 1).flip(2)  # (h, h, src_qc, H, src_kc)
+    cells = torch.einsum("xp,abpHq,yq->Haxby", wc, by_cols, wc)  # (H, h_q, w_q, h_k, w_k)
+    return cells.reshape(heads, h * w, h * w)
+
+
 def seg_relative_index(bucket_size: int, device: torch.device | None = None) -> Tensor:
     """(1 + b*b)^2 indices for the decoder's seg grid with a leading BOS position.
 
@@ -63,9 +126,33 @@ def seg_relative_index(bucket_size: int, device: torch.device | None = None) -> 
     return index
 
 
+_SHAPE_AGNOSTIC = False
+
+
+@contextlib.contextmanager
+def shape_agnostic() -> Iterator[None]:
+    """Trace every grid with one graph (dynamic-shape ONNX export): no Python branch on the grid size.
+
+    Inside, :func:`resize_grid` and :func:`resize_pair_bias` always resize (a bilinear resize to the same size
+    with ``align_corners=False`` samples each cell at weight 1, so the values are unchanged), and the encoder
+    selects its image-position path in the graph instead of in Python. Eager results are the same either way;
+    outside an export nothing changes.
+    """
+    global _SHAPE_AGNOSTIC
+    previous, _SHAPE_AGNOSTIC = _SHAPE_AGNOSTIC, True
+    try:
+        yield
+    finally:
+        _SHAPE_AGNOSTIC = previous
+
+
+def shape_agnostic_enabled() -> bool:
+    return _SHAPE_AGNOSTIC
+
+
 def resize_grid(x: Tensor, size: tuple[int, int]) -> Tensor:
     """Bilinear resize (align_corners=False) of the last two dims; exact identity when the size is unchanged."""
-    if tuple(x.shape[-2:]) == tuple(size):
+    if not _SHAPE_AGNOSTIC and tuple(x.shape[-2:]) == tuple(size):
         return x
     lead = x.shape[:-2]
     out = F.interpolate(x.reshape(-1, 1, *x.shape[-2:]), size=size, mode="bilinear", align_corners=False)
@@ -78,7 +165,7 @@ def resize_pair_bias(bias: Tensor, src: tuple[int, int], dst: tuple[int, int]) -
     ``q`` and ``k`` are raster-ordered grid cells. Bilinear resizing is separable and linear, so this equals the
     official two-step rearrange/interpolate sequence.
     """
-    if src == dst:
+    if not _SHAPE_AGNOSTIC and src == dst:
         return bias
     heads = bias.shape[0]
     b = bias.reshape(heads, src[0] * src[1], *src)

@@ -100,11 +100,11 @@ class SegOFA(nn.Module):
     def run_tokens(self, tokens: Tensor, src_tokens: Tensor | None = None, *, embedded: bool = False,
                    check_padding: bool = True) -> SegOFAOutput:
         """Shared trunk. ``tokens`` (B, h, w, d) are projected image tokens or a word map; with
-        ``embedded=True`` they already went through the type embedding, patch LayerNorm and dropout (the fused
-        word-map kernel produces them that way)."""
+        ``embedded=True`` they already went through the type embedding and the patch LayerNorm (the fused
+        word-map kernel produces them that way) and only the embedding dropout is left to apply."""
         b, h, w, d = tokens.shape
         flat = tokens.reshape(b, h * w, d)
-        patches = flat if embedded else self.encoder.embed_patches(flat)
+        patches = self.encoder.dropout(flat) if embedded else self.encoder.embed_patches(flat)
         enc = self.encoder(patches, (h, w), self._src(src_tokens, b), check_padding)
         bos = self.encoder.embed_tokens.weight[BOS_ID]
         features = self.decoder(enc, bos)

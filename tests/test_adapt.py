@@ -1,0 +1,211 @@
+"""Image-free adaptation: the artificial data, the training loop, checkpoints, resumption and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from bpe_fixture import write_tiny_bpe
+from ofa_fixture import tiny_config, write_fairseq_checkpoint
+
+from ifseg_deploy.adapt import AdaptationInterrupted, AdaptConfig, adapt
+from ifseg_deploy.adapt.data import ArtificialMaps
+from ifseg_deploy.adapt.trainer import cosine_factor
+from ifseg_deploy.pretrained import AdaptedModel
+from ifseg_deploy.tokenizer import OFATokenizer
+
+CATS = ["floor", "wall", "person"]
+
+
+def fast_config(**kw) -> AdaptConfig:
+    # An 8x8 word-map grid keeps CPU steps at tens of milliseconds; the paper's 32x32 is the default.
+    base = dict(steps=12, batch_size=2, lr=3e-3, wordmap_size=8, grid_max=8, target_size=64, checkpoint_every=5,
+                log_every=2, seed=3)
+    return AdaptConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("adapt")
+    write_tiny_bpe(root / "BPE")
+    rows = OFATokenizer.from_dir(root / "BPE").num_embeddings
+    cfg = tiny_config(rows, d_model=32, ffn_dim=64, heads=2, encoder_layers=1, decoder_layers=1)
+    return write_fairseq_checkpoint(root / "ofa_random.pt", cfg, seed=11)
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return AdaptedModel.from_pretrained(path).model.state_dict()
+
+
+# -- artificial data ------------------------------------------------------------------------------------------
+def test_grid_sizes_are_uniform_over_1_to_32():
+    maps = ArtificialMaps(num_classes=5, grid_max=32, seed=0)
+    _, sizes = maps.sample(32 * 400)
+    for axis in (0, 1):
+        counts = torch.bincount(sizes[:, axis] - 1, minlength=32).double()
+        assert sizes[:, axis].min() == 1 and sizes[:, axis].max() == 32
+        expected = counts.sum() / 32
+        chi2 = ((counts - expected) ** 2 / expected).sum().item()
+        assert chi2 < 61.1  # chi-square, 31 degrees of freedom, p = 0.001
+
+
+def test_every_class_is_drawn_and_classes_are_uniform():
+    maps = ArtificialMaps(num_classes=171, grid_max=32, seed=1)
+    grid, sizes = maps.sample(64)
+    used = torch.cat([grid[b, : sizes[b, 0], : sizes[b, 1]].flatten() for b in range(64)])
+    counts = torch.bincount(used, minlength=171).double()
+    assert (counts > 0).all() and grid.max() < 171
+    expected = counts.sum() / 171
+    assert ((counts - expected) ** 2 / expected).sum().item() < 240  # chi-square, 170 dof, p ~ 0.0003
+
+
+def test_streams_are_seeded_and_differ_per_rank():
+    a = ArtificialMaps(7, seed=5).sample(3)
+    b = ArtificialMaps(7, seed=5).sample(3)
+    c = ArtificialMaps(7, seed=5, rank=1).sample(3)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not torch.equal(a[0], c[0])
+
+
+def test_cosine_schedule_without_warmup():
+    f = cosine_factor(2000)
+    assert f(0) == 1.0 and abs(f(1000) - 0.5) < 1e-12 and f(2000) == 0.0
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(steps=0), "steps"), (dict(grid_max=40), "grid_max"), (dict(dropout=1.0), "dropout"),
+    (dict(precision="fp8"), "precision"), (dict(lr=0), "lr"), (dict(batch_size=3), "divisible"),
+])
+def test_out_of_range_options(kw, message):
+    with pytest.raises(ValueError, match=message):
+        AdaptConfig(**kw).validate(world_size=2)
+
+
+# -- the loop ---------------------------------------------------------------------------------------------------
+def test_short_adaptation_lowers_the_loss_and_saves_a_loadable_model(ckpt, tmp_path):
+    out = tmp_path / "model"
+    result = adapt(ckpt, CATS, out, fast_config(steps=250, batch_size=4, log_every=10), progress=False)
+    assert result.out_dir == out and result.steps_done == 250
+    records = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(10, 251, 10))
+    first = sum(r["loss"] for r in records[:3]) / 3  # about ln 3: chance for three classes
+    last = sum(r["loss"] for r in records[-5:]) / 5
+    assert first > 0.9 and last < 0.7 * first, (first, last)
+    assert records[-1]["lr"] == 0.0  # cosine to zero
+    conf = json.loads((out / "adapt_config.json").read_text())
+    assert conf["config"]["steps"] == 250 and conf["categories"] == CATS
+    loaded = AdaptedModel.from_pretrained(out)
+    assert loaded.categories == CATS and loaded.metadata["steps"] == 250
+    assert not (tmp_path / "model.partial").exists()
+
+
+def test_crashed_run_resumes_to_identical_weights(ckpt, tmp_path):
+    cfg = fast_config()
+    adapt(ckpt, CATS, tmp_path / "straight", cfg, progress=False)
+    with pytest.raises(RuntimeError, match="simulated crash at step 8"):
+        adapt(ckpt, CATS, tmp_path / "resumed", cfg, progress=False, _crash_at_step=8)
+    assert not (tmp_path / "resumed").exists()
+    assert (tmp_path / "resumed.partial" / "checkpoint.pt").is_file()  # saved at step 5
+    adapt(ckpt, CATS, tmp_path / "resumed", cfg, progress=False, resume=True)
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    steps = [json.loads(ln)["step"] for ln in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))  # no duplicated log lines after the resume
+
+
+def test_paths_and_resume_are_checked(ckpt, tmp_path):
+    out = tmp_path / "m"
+    out.mkdir()
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        adapt(ckpt, CATS, out, fast_config(), progress=False)
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        adapt(ckpt, CATS, tmp_path / "other", fast_config(), progress=False, resume=True)
+    with pytest.raises(RuntimeError):
+        adapt(ckpt, CATS, tmp_path / "x", fast_config(), progress=False, _crash_at_step=6)
+    with pytest.raises(FileExistsError, match="--resume"):
+        adapt(ckpt, CATS, tmp_path / "x", fast_config(), progress=False)
+    with pytest.raises(ValueError, match="different config"):
+        adapt(ckpt, CATS, tmp_path / "x", fast_config(lr=2e-3), progress=False, resume=True)
+    with pytest.raises(ValueError, match="different categories"):
+        adapt(ckpt, ["floor", "wall"], tmp_path / "x", fast_config(), progress=False, resume=True)
+
+
+def test_bad_categories_are_refused_before_anything_is_written(ckpt, tmp_path):
+    from ifseg_deploy.checkpoints.errors import CheckpointError
+
+    for cats in ([], ["wall", "Wall"]):
+        with pytest.raises(CheckpointError):
+            adapt(ckpt, cats, tmp_path / "m", fast_config(), progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ifseg_deploy", "adapt", *args]
+
+
+def test_ctrl_c_saves_and_resume_finishes_identically(ckpt, tmp_path):
+    common = ["--checkpoint", str(ckpt), "-c", ", ".join(CATS), "--steps", "60", "--batch-size", "2", "--lr", "1e-3",
+              "--grid-max", "8", "--wordmap-size", "8", "--target-size", "64", "--checkpoint-every", "1000",
+              "--log-every", "1", "--seed", "3", "--quiet"]
+    out = tmp_path / "m"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(_cli(*common, "--out", str(out)), env=env, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "m.partial" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "--resume" in err and (tmp_path / "m.partial" / "checkpoint.pt").is_file()
+    assert not out.exists()
+    done = subprocess.run(_cli(*common, "--out", str(out), "--resume"), env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    straight = subprocess.run(_cli(*common, "--out", str(tmp_path / "s")), env=env, capture_output=True, text=True)
+    assert straight.returncode == 0, straight.stderr
+    a, b = _weights(out), _weights(tmp_path / "s")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_interrupt_flag_in_process(ckpt, tmp_path, monkeypatch):
+    """The loop stops between steps when the signal flag is raised and says how to resume."""
+    import ifseg_deploy.adapt.trainer as trainer
+
+    real_sample = ArtificialMaps.sample
+    calls = {"n": 0}
+
+    def sample_then_interrupt(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_sample(self, batch)
+
+    monkeypatch.setattr(trainer.ArtificialMaps, "sample", sample_then_interrupt)
+    with pytest.raises(AdaptationInterrupted, match="step 4/12.*--resume"):
+        adapt(ckpt, CATS, tmp_path / "m", fast_config(), progress=False)
+    state = torch.load(tmp_path / "m.partial" / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 4
+
+
+def test_two_process_ddp_run(ckpt, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+           "-m", "ifseg_deploy", "adapt", "--checkpoint", str(ckpt), "-c", ", ".join(CATS), "--steps", "3",
+           "--batch-size", "4", "--grid-max", "8", "--wordmap-size", "8", "--target-size", "32",
+           "--checkpoint-every", "3", "--log-every", "1", "--quiet", "--out", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    conf = json.loads((out / "adapt_config.json").read_text())
+    assert conf["world_size"] == 2
+    assert AdaptedModel.from_pretrained(out).categories == CATS
