@@ -1,10 +1,25 @@
 """Custom GPU kernels, installed as ``ifseg_deploy.kernels``.
 
-This is where the fused word-map kernel will live (category grid -> nearest resize -> class-embedding row
-gather -> + image type embedding -> patch LayerNorm, forward and backward in one pass), written in Triton
-first and in CUDA C++ where it pays. Each kernel comes with a plain PyTorch reference implementation of the
-same function and a dispatch that picks the kernel where it can run and the reference elsewhere; tests hold
-the kernels to their references (on CPU through ``TRITON_INTERPRET=1``).
+* ``wordmap``: the fused word-map embedding (category grid -> nearest resize -> class-table row gather ->
+  + image type embedding -> patch LayerNorm, forward and backward). ``wordmap_embed`` dispatches to the Triton
+  kernel (``wordmap_triton``) on CUDA and to the PyTorch reference (``wordmap_reference``) elsewhere.
+* ``seg_loss``: cross-entropy on bilinearly upsampled logits, in row chunks, so that the full-resolution logits
+  are never materialised.
 
-Nothing is implemented here yet.
+Importing this package does not import triton; the kernel module loads on first use.
 """
+
+from .seg_loss import upsampled_cross_entropy, upsampled_cross_entropy_reference
+from .wordmap import resolve_impl, triton_available, wordmap_embed
+from .wordmap_reference import nearest_ids, nearest_targets, wordmap_embed_reference
+
+__all__ = [
+    "nearest_ids",
+    "nearest_targets",
+    "resolve_impl",
+    "triton_available",
+    "upsampled_cross_entropy",
+    "upsampled_cross_entropy_reference",
+    "wordmap_embed",
+    "wordmap_embed_reference",
+]
