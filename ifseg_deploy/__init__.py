@@ -20,6 +20,10 @@ _EXPORTS = {
     "parse_categories": "ifseg_deploy.tokenizer",
     "load_ofa": "ifseg_deploy.checkpoints.loader",
     "CheckpointError": "ifseg_deploy.checkpoints.errors",
+    "Segmenter": "ifseg_deploy.runtime.segmenter",
+    "SegmentationResult": "ifseg_deploy.runtime.segmenter",
+    "adapt": "ifseg_deploy.adapt.trainer",
+    "AdaptConfig": "ifseg_deploy.adapt.config",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -32,9 +32,9 @@ def cli() -> None:
       segment  run the segmenter on images (PyTorch, ONNX Runtime or TensorRT backend)
       bench    latency, throughput and memory; eval: mIoU on a labelled set
 
-    Available now: `info` (model presets and which optional parts are installed) and `inspect` (check an
-    OFA checkpoint and your category names before a long run). The other stages are not implemented yet and
-    will appear here as commands when they are.
+    Start with `inspect` (check an OFA checkpoint against your category names), then `adapt`, `export`,
+    `segment` and `eval`; `info` shows the model presets and which optional parts (CUDA, ONNX Runtime,
+    TensorRT...) are installed. Every command has its own --help.
     """
 
 
@@ -231,6 +231,10 @@ from .commands.segment import segment as _segment_command  # noqa: E402
 
 cli.add_command(_segment_command)
 cli.add_command(_eval_command)
+
+from .commands.export import export as _export_command  # noqa: E402
+
+cli.add_command(_export_command)
 
 
 def main(argv: list[str] | None = None) -> None:

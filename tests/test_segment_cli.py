@@ -1,0 +1,131 @@
+"""`ifseg-deploy segment` on a mix of good and broken files, with a tiny random model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from bpe_fixture import write_tiny_bpe
+from click.testing import CliRunner
+from ofa_fixture import tiny_config, write_fairseq_checkpoint
+from PIL import Image
+
+from ifseg_deploy.cli import cli
+from ifseg_deploy.pretrained import AdaptedModel
+from ifseg_deploy.tokenizer import OFATokenizer
+
+CATS = ["floor", "wall", "person", "sky"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """The tiny test model's operations are too small to gain from threads, and on a shared 2-core machine
+    two threads per process oversubscribe the cores (several times slower); restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("segcli")
+    bpe = root / "BPE"
+    write_tiny_bpe(bpe, layout="fairseq")
+    ckpt = write_fairseq_checkpoint(root / "ofa.pt", tiny_config(OFATokenizer.from_dir(bpe).num_embeddings), seed=5)
+    adapted = AdaptedModel.from_ofa(ckpt, CATS, bpe_dir=bpe)
+    adapted.preprocessing = {**adapted.preprocessing, "short_side": 32}  # small and fast for the tests
+    return adapted.save_pretrained(root / "model")
+
+
+def _rgb(h, w, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.fixture
+def images(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    Image.fromarray(_rgb(30, 40)).save(d / "good.jpg")
+    Image.fromarray(_rgb(64, 64, 1)).save(d / "full.jpg", quality=90)
+    data = (d / "full.jpg").read_bytes()
+    (d / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    Image.fromarray(_rgb(21, 17, 2)[..., 0]).save(d / "gray.png")
+    Image.fromarray(np.dstack([_rgb(20, 25, 3), np.full((20, 25), 128, np.uint8)])).save(d / "rgba.png")
+    Image.fromarray((np.arange(18 * 33).reshape(18, 33) * 100).astype(np.uint16)).save(d / "deep16.png")
+    Image.new("CMYK", (26, 19), (10, 200, 30, 5)).save(d / "cmyk.jpg")
+    rot = Image.fromarray(_rgb(24, 40, 4))
+    exif = rot.getexif()
+    exif[0x0112] = 6
+    rot.save(d / "rotated.jpg", exif=exif)
+    (d / "notes.png").write_text("this is not a PNG")
+    (d / "readme.txt").write_text("ignored: not an image suffix")
+    return d
+
+
+EXPECTED = {"good": (30, 40), "full": (64, 64), "gray": (21, 17), "rgba": (20, 25), "deep16": (18, 33),
+            "cmyk": (19, 26), "rotated": (40, 24)}
+
+
+def test_segment_mixed_folder(model_dir, images, tmp_path):
+    out = tmp_path / "out"
+    missing = tmp_path / "missing.jpg"
+    result = CliRunner().invoke(cli, ["segment", str(images), str(missing), "--model", str(model_dir),
+                                      "--out", str(out), "--save-probs", "--no-progress"])
+    assert result.exit_code == 1, result.output
+    assert "segmented 7 of 10 image(s)" in result.output
+    assert "3 failed" in result.output
+    for bad in ("truncated.jpg", "notes.png", "missing.jpg"):
+        assert bad in result.output
+    assert (out / "classes.txt").read_text().splitlines() == CATS
+    for stem, (h, w) in EXPECTED.items():
+        with Image.open(out / "labels" / f"{stem}.png") as lab:
+            assert lab.mode == "P" and lab.size == (w, h), stem
+            ids = np.asarray(lab)
+            assert ids.max() < len(CATS)
+        with Image.open(out / "overlays" / f"{stem}.png") as ov:
+            assert ov.mode == "RGB" and ov.size[1] >= h and ov.size[0] > w  # legend panel on the right
+            assert np.array_equal(np.asarray(ov)[:h, :w].shape[:2], (h, w))
+        probs = np.load(out / "probs" / f"{stem}.npy")
+        assert probs.shape[0] == len(CATS) and probs.dtype == np.float32
+        np.testing.assert_allclose(probs.sum(0), 1.0, rtol=1e-4)
+    assert not (out / "labels" / "truncated.png").exists() and not (out / "labels" / "readme.png").exists()
+    leftovers = [p for p in out.rglob("*") if p.name.startswith(".")]
+    assert leftovers == []  # atomic writes leave no temporary files
+
+
+def test_segment_labels_equal_the_python_api(model_dir, images, tmp_path):
+    from ifseg_deploy.runtime.segmenter import Segmenter
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["segment", str(images / "good.jpg"), str(images / "rotated.jpg"),
+                                      "-m", str(model_dir), "-o", str(out), "--no-refine"])
+    assert result.exit_code == 0, result.output
+    seg = Segmenter.from_pretrained(model_dir, refine=False)
+    for name in ("good", "rotated"):
+        expected = seg(str(images / f"{name}.jpg")).labels
+        assert np.array_equal(np.asarray(Image.open(out / "labels" / f"{name}.png")), expected)
+    assert not (out / "probs").exists()
+
+
+def test_segment_name_clashes_and_errors(model_dir, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    Image.fromarray(_rgb(10, 10)).save(a / "x.png")
+    Image.fromarray(_rgb(10, 10)).save(b / "x.png")
+    Image.fromarray(_rgb(10, 10)).save(a / "x.jpg")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["segment", str(a / "x.png"), str(b / "x.png"), str(a / "x.jpg"),
+                                      "-m", str(model_dir), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (out / "labels").iterdir()) == ["x_jpg.png", "x_png.png", "x_png_2.png"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = CliRunner().invoke(cli, ["segment", str(empty), "-m", str(model_dir), "-o", str(out)])
+    assert result.exit_code == 1 and "no images found" in result.output
+    result = CliRunner().invoke(cli, ["segment", str(a), "-m", str(tmp_path), "-o", str(out)])
+    assert result.exit_code == 1 and "not an adapted-model directory" in result.output
+    result = CliRunner().invoke(cli, ["segment", str(a), "-m", str(model_dir), "-o", str(out),
+                                      "--backend", "tensorrt"])
+    assert result.exit_code == 1 and "Error" in result.output  # not available here, or not an engine file
