@@ -1,0 +1,214 @@
+"""The world model: vocabulary, build, cache, loading through the real OFA loader, and the property it exists
+for (image tokens near their concept's words) measured on held-out scenes.
+
+A reduced recipe (60 training steps, ~10 s) is built once per session. Over build seeds 0-9 it gave
+alignment mIoU 0.889-0.914 and unadapted mIoU 0.014-0.102 (bound 1.5/8 = 0.1875) on 24 test scenes.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import ifseg_deploy.version as version_module
+from ifseg_deploy import AdaptedModel
+from ifseg_deploy.synthetic import cache as cache_mod
+from ifseg_deploy.synthetic import tiny_vlm
+from ifseg_deploy.synthetic.cache import (
+    MANIFEST_NAME,
+    build_or_load_world_model,
+    default_cache_root,
+    world_cache_entry,
+)
+from ifseg_deploy.synthetic.evaluation import confusion_matrix, evaluate_alignment, evaluate_model, miou_from_confusion
+from ifseg_deploy.synthetic.tiny_vlm import CHECKPOINT_NAME, WorldRecipe, build_world_model, world_config
+from ifseg_deploy.synthetic.vocab import WORD_PIECES, world_tokenizer, write_bpe_files
+from ifseg_deploy.synthetic.world import DEFAULT_CATEGORIES, TEST_SEEDS, SyntheticScenes
+from ifseg_deploy.tokenizer import DEFAULT_PROMPT, OFATokenizer
+
+FAST = WorldRecipe(steps=60, pool_scenes=64, pool_size=160)
+# Just enough to exercise building and caching (not a useful model).
+TINY = WorldRecipe(steps=2, batch_size=2, pool_scenes=2, pool_size=128, crop=128)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # These ops are too small for intra-op threads; on shared 2-core CI machines two threads ran ~10x slower.
+    with tiny_vlm.torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="session")
+def fast_world(tmp_path_factory: pytest.TempPathFactory):
+    cache = tmp_path_factory.mktemp("world-cache")
+    path = build_or_load_world_model(cache, recipe=FAST, progress=False)
+    return path, cache
+
+
+@pytest.fixture(scope="session")
+def fast_model(fast_world) -> AdaptedModel:
+    return AdaptedModel.from_ofa(fast_world[0], list(DEFAULT_CATEGORIES))
+
+
+@pytest.fixture(scope="session")
+def held_out() -> SyntheticScenes:
+    return SyntheticScenes(24, (256, 256))
+
+
+# ---- vocabulary ---------------------------------------------------------------------------------------------------
+
+def test_vocabulary_splits_and_files_round_trip(tmp_path):
+    tok = world_tokenizer()
+    for word, pieces in WORD_PIECES.items():
+        assert tuple(tok.pieces(word)) == pieces
+    assert WORD_PIECES["forest"] == ("\u0120for", "est")  # one multi-piece name: class row = mean of two
+    assert all(len(WORD_PIECES[c]) == 1 for c in DEFAULT_CATEGORIES if c != "forest")
+    assert tok.unk_id not in tok.encode_words("giraffe Zürich 東京 ?!")  # every byte is a piece
+    files = write_bpe_files(tmp_path)
+    assert set(files) == {"encoder.json", "vocab.bpe", "dict.txt", "tokenizer_config.json"}
+    loaded = OFATokenizer.from_dir(tmp_path)
+    assert (loaded.num_codes, loaded.num_bins) == (16, 10)
+    assert loaded.num_embeddings == tok.num_embeddings
+    cats = list(DEFAULT_CATEGORIES)
+    assert loaded.prompt_ids(cats, DEFAULT_PROMPT) == tok.prompt_ids(cats, DEFAULT_PROMPT)
+    assert loaded.name_tokens(cats) == tok.name_tokens(cats)
+    assert sum(f.stat().st_size for f in tmp_path.iterdir()) < 20_000
+
+
+def test_concept_names_tokenize_in_the_real_ofa_vocabulary(real_bpe_dir):
+    real = OFATokenizer.from_dir(real_bpe_dir)
+    for tokens in real.name_tokens(list(DEFAULT_CATEGORIES)):
+        assert tokens and real.unk_id not in tokens
+
+
+# ---- recipe and architecture --------------------------------------------------------------------------------------
+
+def test_recipe_key_and_validation(monkeypatch):
+    base = WorldRecipe()
+    base_key = base.key()
+    assert base_key == WorldRecipe().key()
+    assert len({base.key(), WorldRecipe(seed=1).key(), WorldRecipe(steps=10).key(),
+                WorldRecipe(categories=("sky", "road")).key()}) == 4
+    monkeypatch.setattr(version_module, "__version__", "99.0")
+    assert WorldRecipe().key() != base_key  # a new package version builds a new entry
+    with pytest.raises(ValueError):
+        WorldRecipe(categories=("sky", "lava"))
+    with pytest.raises(ValueError):
+        WorldRecipe(categories=("sky",))
+    with pytest.raises(ValueError):
+        WorldRecipe(crop=100)
+    with pytest.raises(ValueError):
+        WorldRecipe(steps=0)
+
+
+def test_world_config_is_a_small_ofa():
+    cfg = world_config()
+    assert cfg.resnet_type == "resnet-mini" and cfg.resnet_channels == 256
+    assert (cfg.d_model, cfg.heads, cfg.encoder_layers, cfg.decoder_layers) == (64, 4, 2, 2)
+    assert cfg.vocab_rows == world_tokenizer().num_embeddings
+
+
+def test_build_trains_only_the_image_side_and_is_deterministic():
+    a, stats = build_world_model(TINY, progress=False)
+    b, _ = build_world_model(TINY, progress=False)
+    c, _ = build_world_model(WorldRecipe(**{**TINY.to_dict(), "steps": 3}), progress=False)
+    assert set(stats) >= {"final_loss_ema", "final_cell_accuracy_ema", "train_seconds"}
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)  # same recipe, same weights
+    image_side = ("encoder.embed_images.", "encoder.image_proj.")
+    changed = {k for k in sa if not torch.equal(sa[k], sc[k])}
+    assert changed and all(k.startswith(image_side) for k in changed)  # one more step moves only these
+    assert "encoder.embed_images.conv1.weight" in changed and "encoder.image_proj.weight" in changed
+    # Afterwards everything is frozen again as SegOFA expects.
+    for module in (a.encoder.embed_images, a.encoder.image_proj, a.encoder.embed_tokens):
+        assert not any(p.requires_grad for p in module.parameters())
+    assert a.encoder.layers[0].fc1.weight.requires_grad
+    assert float(a.encoder.embed_tokens.weight[1].abs().sum()) == 0.0  # fairseq's zero <pad> row
+
+
+# ---- checkpoint, loader and cache ---------------------------------------------------------------------------------
+
+def test_checkpoint_loads_through_the_real_ofa_loader(fast_world, fast_model):
+    path, cache = fast_world
+    assert path.name == CHECKPOINT_NAME and path.parent == world_cache_entry(FAST, cache)
+    for name in ("encoder.json", "vocab.bpe", "dict.txt", "tokenizer_config.json", MANIFEST_NAME):
+        assert (path.parent / name).is_file()
+    assert path.stat().st_size < 5 * 2**20
+    report = fast_model.metadata["load_report"]
+    assert "fairseq layout" in report and "UNEXPECTED" not in report
+    cfg = fast_model.model.cfg
+    assert (cfg.resnet_type, cfg.resnet_width, cfg.d_model) == ("resnet-mini", 16, 64)
+    assert fast_model.model.num_classes == len(DEFAULT_CATEGORIES)
+    manifest = json.loads((path.parent / MANIFEST_NAME).read_text())
+    assert manifest["key"] == FAST.key() and manifest["recipe"]["steps"] == 60
+    assert CHECKPOINT_NAME in manifest["files"] and "torch" in manifest["versions"]
+
+
+def test_cache_hit_does_not_rebuild(fast_world, monkeypatch):
+    path, cache = fast_world
+
+    def fail(*a, **k):
+        raise AssertionError("rebuilt a valid cache entry")
+
+    monkeypatch.setattr(cache_mod, "build_world_checkpoint", fail)
+    assert build_or_load_world_model(cache, recipe=FAST) == path
+
+
+def test_corrupt_entry_is_rebuilt(tmp_path):
+    path = build_or_load_world_model(tmp_path, recipe=TINY, progress=False)
+    good = path.read_bytes()
+    path.write_bytes(good[: len(good) // 2])  # truncated, as by a full disk
+    again = build_or_load_world_model(tmp_path, recipe=TINY, progress=False)
+    assert again == path and again.read_bytes() == good  # deterministic rebuild
+    (path.parent / MANIFEST_NAME).write_text("{not json")
+    assert build_or_load_world_model(tmp_path, recipe=TINY, progress=False).read_bytes() == good
+    assert [p.name for p in path.parent.parent.iterdir()] == [TINY.key()]  # no staging left behind
+    with pytest.raises(ValueError):
+        build_or_load_world_model(tmp_path, seed=3, recipe=TINY)
+
+
+def test_default_cache_root(monkeypatch, tmp_path):
+    monkeypatch.delenv("IFSEG_DEPLOY_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_root() == tmp_path / "xdg" / "ifseg-deploy"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_root() == tmp_path / "home" / ".cache" / "ifseg-deploy"
+    monkeypatch.setenv("IFSEG_DEPLOY_CACHE", str(tmp_path / "mine"))
+    assert default_cache_root() == tmp_path / "mine"
+    assert world_cache_entry(FAST) == tmp_path / "mine" / "world" / FAST.key()
+
+
+# ---- the property, measured on scenes no training saw -------------------------------------------------------------
+
+def test_metric_against_hand_computed_values():
+    target = torch.tensor([[0, 0, 1, 1], [2, 2, 2, 2]])
+    pred = torch.tensor([[0, 1, 1, 1], [2, 2, 0, 0]])
+    res = miou_from_confusion(confusion_matrix(pred, target, 4))
+    # class 0: I=1, U=2+3-1=4; class 1: I=2, U=2+3-2=3; class 2: I=2, U=4+2-2=4; class 3 never occurs (excluded)
+    assert abs(res["miou"] - (1 / 4 + 2 / 3 + 2 / 4) / 3) < 1e-9
+    assert res["pixel_accuracy"] == 5 / 8
+
+
+def test_image_tokens_lie_near_their_concepts_words(fast_model, held_out):
+    assert all(s in TEST_SEEDS for s in held_out.seeds)
+    res = evaluate_alignment(fast_model.model, held_out)
+    assert res["miou"] >= 0.75, res["miou"]
+    assert res["pixel_accuracy"] >= 0.85, res["pixel_accuracy"]
+
+
+def test_unadapted_model_is_near_chance(fast_model, held_out):
+    res = evaluate_model(fast_model.model, held_out)
+    assert res["miou"] <= 1.5 / len(DEFAULT_CATEGORIES), res["miou"]
+
+
+@pytest.mark.slow
+def test_default_build_meets_its_numbers(tmp_path):
+    """The default recipe (what the demo uses), on 32 held-out 512x512 scenes."""
+    path = build_or_load_world_model(tmp_path, progress=False)
+    model = AdaptedModel.from_ofa(path, list(DEFAULT_CATEGORIES)).model
+    scenes = SyntheticScenes(32, (512, 512))
+    assert evaluate_alignment(model, scenes)["miou"] >= 0.9
+    assert evaluate_model(model, scenes)["miou"] <= 1.5 / len(DEFAULT_CATEGORIES)
