@@ -226,6 +226,10 @@ from .commands.adapt import adapt as _adapt_command  # noqa: E402
 
 cli.add_command(_adapt_command)
 
+from .commands.demo import demo as _demo_command  # noqa: E402
+
+cli.add_command(_demo_command)
+
 from .commands.evaluate import evaluate_command as _eval_command  # noqa: E402
 from .commands.segment import segment as _segment_command  # noqa: E402
 

@@ -140,11 +140,14 @@ class _StopFlag:
 def adapt(checkpoint: str | Path, categories: Sequence[str], out: str | Path, config: AdaptConfig | None = None, *,
           bpe_dir: str | Path | None = None, arch: str | None = None, prompt: str = DEFAULT_PROMPT,
           device: str | torch.device | None = None, resume: bool = False, overwrite: bool = False,
-          progress: bool = True, _crash_at_step: int | None = None) -> AdaptResult:
+          progress: bool = True, preprocessing: dict | None = None, _crash_at_step: int | None = None
+          ) -> AdaptResult:
     """Adapt an OFA checkpoint to ``categories`` from their names alone and write the model directory ``out``.
 
     Raises :class:`AdaptationInterrupted` after saving when stopped by Ctrl-C; ``resume=True`` continues.
-    ``_crash_at_step`` is a test hook that dies without saving, as a killed process would.
+    ``preprocessing`` overrides entries of the saved model's inference preprocessing (e.g. ``short_side`` for
+    images smaller than the paper's 512 px). ``_crash_at_step`` is a test hook that dies without saving, as a
+    killed process would.
     """
     cfg = config or AdaptConfig()
     ctx = dist_utils.DistContext.from_env()
@@ -234,6 +237,7 @@ def adapt(checkpoint: str | Path, categories: Sequence[str], out: str | Path, co
         final = AdaptedModel(model.eval(), start.tokenizer, start.categories, prompt,
                              metadata={**start.metadata, "adaptation": run_info, "steps": step,
                                        "final_loss": last_loss})
+        final.preprocessing.update(preprocessing or {})
         extra = {RUN_CONFIG: (work / RUN_CONFIG).read_bytes(), METRICS: (work / METRICS).read_bytes()}
         final.save_pretrained(out, overwrite=overwrite or resume, extra_files=extra)
         _remove_work_dir(work)

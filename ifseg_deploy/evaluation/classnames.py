@@ -60,7 +60,8 @@ _READABLE = {
     "floor-stone": "stone floor", "floor-tile": "tile floor", "floor-wood": "wood floor", "food-other": "food",
     "furniture-other": "furniture", "ground-other": "ground", "mirror-stuff": "mirror", "plant-other": "plant",
     "sky-other": "sky", "solid-other": "solid", "structural-other": "structural", "textile-other": "textile",
-    "wall-brick": "brick wall", "wall-concrete": "concrete wall", "wall-other": "other wall", "wall-panel": "panel wall",
+    "wall-brick": "brick wall", "wall-concrete": "concrete wall", "wall-other": "other wall",
+    "wall-panel": "panel wall",
     "wall-stone": "stone wall", "wall-tile": "tile wall", "wall-wood": "wood wall", "water-other": "water",
     "window-blind": "blind window", "window-other": "other window",
 }

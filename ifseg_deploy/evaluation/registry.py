@@ -17,6 +17,7 @@ DATASETS: dict[str, str] = {
     "coco-stuff-171": "ifseg_deploy.evaluation.datasets:coco_stuff_171",
     "coco-stuff-15": "ifseg_deploy.evaluation.datasets:coco_stuff_15",
     "folder": "ifseg_deploy.evaluation.datasets:folder",
+    "synthetic": "ifseg_deploy.synthetic.dataset:synthetic",
 }
 
 
