@@ -40,3 +40,13 @@ def real_bpe_dir() -> Path:
 @pytest.fixture(autouse=True)
 def _deterministic() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """The test models are tiny: their operations gain nothing from threads, and two threads per process
+    oversubscribe a shared 2-core machine (several times slower). Restored at the end."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

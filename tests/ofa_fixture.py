@@ -128,3 +128,19 @@ def write_hf_checkpoint(directory: Path, cfg: OFAConfig, seed: int = 0, safetens
     else:
         torch.save(state, directory / "pytorch_model.bin")
     return directory
+
+
+def tiny_model_dir(root: Path, categories: list[str], seed: int = 0, **preprocessing) -> Path:
+    """A tiny random adapted-model directory under ``root`` (fairseq fixture checkpoint + tiny BPE), through
+    the real loading and saving code. ``preprocessing`` overrides entries such as ``short_side``."""
+    from bpe_fixture import write_tiny_bpe
+
+    from ifseg_deploy.pretrained import AdaptedModel
+    from ifseg_deploy.tokenizer import OFATokenizer
+
+    bpe = root / "BPE"
+    write_tiny_bpe(bpe, layout="fairseq")
+    ckpt = write_fairseq_checkpoint(root / "ofa.pt", tiny_config(OFATokenizer.from_dir(bpe).num_embeddings), seed)
+    adapted = AdaptedModel.from_ofa(ckpt, categories, bpe_dir=bpe)
+    adapted.preprocessing = {**adapted.preprocessing, **preprocessing}
+    return adapted.save_pretrained(root / "model")

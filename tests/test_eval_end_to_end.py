@@ -7,38 +7,21 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from bpe_fixture import write_tiny_bpe
 from click.testing import CliRunner
-from ofa_fixture import tiny_config, write_fairseq_checkpoint
+from ofa_fixture import tiny_model_dir
 from PIL import Image
 
 from ifseg_deploy.cli import cli
-from ifseg_deploy.pretrained import AdaptedModel
 from ifseg_deploy.runtime.images import load_image
 from ifseg_deploy.runtime.segmenter import Segmenter
-from ifseg_deploy.tokenizer import OFATokenizer
 
 CATS = ["floor", "wall", "person", "sky"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The tiny test model's operations are too small to gain from threads, and on a shared 2-core machine
-    two threads per process oversubscribe the cores (several times slower); restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("evalmodel")
-    bpe = root / "BPE"
-    write_tiny_bpe(bpe, layout="fairseq")
-    ckpt = write_fairseq_checkpoint(root / "ofa.pt", tiny_config(OFATokenizer.from_dir(bpe).num_embeddings), seed=11)
-    return AdaptedModel.from_ofa(ckpt, CATS, bpe_dir=bpe).save_pretrained(root / "model")
+    return tiny_model_dir(tmp_path_factory.mktemp("evalmodel"), CATS, seed=11)
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from bpe_fixture import write_tiny_bpe
-from ofa_fixture import tiny_config, write_fairseq_checkpoint
+from ofa_fixture import tiny_model_dir
 from PIL import Image
 
-from ifseg_deploy.pretrained import DEFAULT_PREPROCESSING, AdaptedModel
+from ifseg_deploy.pretrained import DEFAULT_PREPROCESSING
 from ifseg_deploy.runtime import segmenter as segmenter_module
 from ifseg_deploy.runtime.backend import Backend
 from ifseg_deploy.runtime.graph import InferenceGraph
@@ -21,19 +20,9 @@ from ifseg_deploy.runtime.images import ImageLoadError
 from ifseg_deploy.runtime.preprocess import grid_size, normalize, resize_image, resized_size
 from ifseg_deploy.runtime.segmenter import BackendUnavailableError, SegmentationResult, Segmenter
 from ifseg_deploy.runtime.torch_backend import TorchBackend
-from ifseg_deploy.tokenizer import OFATokenizer
 
 CATS = ["floor", "wall", "person", "sky"]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The tiny test model's operations are too small to gain from threads, and on a shared 2-core machine
-    two threads per process oversubscribe the cores (several times slower); restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 class ColourBackend(Backend):
@@ -207,12 +196,7 @@ def test_export_backends_load_lazily_with_clear_errors(monkeypatch, tmp_path):
 # -- the PyTorch backend on a tiny random model ------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("segmodel")
-    bpe = root / "BPE"
-    write_tiny_bpe(bpe, layout="fairseq")
-    ckpt = write_fairseq_checkpoint(root / "ofa.pt", tiny_config(OFATokenizer.from_dir(bpe).num_embeddings), seed=3)
-    adapted = AdaptedModel.from_ofa(ckpt, CATS, bpe_dir=bpe)
-    return adapted.save_pretrained(root / "model")
+    return tiny_model_dir(tmp_path_factory.mktemp("segmodel"), CATS, seed=3)
 
 
 def test_torch_backend_runs_the_inference_graph(model_dir):
