@@ -240,6 +240,10 @@ from .commands.export import export as _export_command  # noqa: E402
 
 cli.add_command(_export_command)
 
+from .commands.bench import bench as _bench_command  # noqa: E402
+
+cli.add_command(_bench_command)
+
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""

@@ -1,0 +1,112 @@
+"""The self-description stored in an exported ONNX file's ``metadata_props`` (and beside a TensorRT engine).
+
+Everything a runtime needs besides the graph: category names, preprocessing, refinement, accepted input sizes,
+precision. ``OrtBackend.from_file("model.onnx")`` reads it, so the .onnx file alone is a deployable model.
+Values are strings (ONNX's rule); structured ones are JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .spec import InputSpec, SpecError
+
+FORMAT = "ifseg-deploy/onnx"
+FORMAT_VERSION = 1
+PREFIX = "ifseg."
+PRECISIONS = ("fp32", "fp16", "int8")
+
+INPUT_NAME = "pixels"
+PROBS_NAME = "probs"
+LABELS_NAME = "labels"
+
+
+class MetadataError(ValueError):
+    """An ONNX file without (or with broken) ifseg-deploy metadata."""
+
+
+@dataclass
+class ModelInfo:
+    """What the exported graph is and how to feed it."""
+
+    categories: list[str]
+    preprocessing: dict[str, Any]
+    input: InputSpec
+    precision: str = "fp32"
+    refinement: tuple[int, int] = (3, 25)  # (k, iterations); (1, 0) = none
+    outputs: list[str] = field(default_factory=lambda: [PROBS_NAME])
+    opset: int = 18
+    package_version: str = ""
+    prompt: str = ""
+    #: e.g. the calibration of an INT8 model, the parity report of the export
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_props(self) -> dict[str, str]:
+        values: dict[str, Any] = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "categories": self.categories,
+            "preprocessing": self.preprocessing,
+            "input": self.input.to_dict(),
+            "precision": self.precision,
+            "refinement": {"k": self.refinement[0], "iterations": self.refinement[1]},
+            "outputs": self.outputs,
+            "opset": self.opset,
+            "package_version": self.package_version,
+            "prompt": self.prompt,
+            "extra": self.extra,
+        }
+        return {PREFIX + k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], source: str = "the model") -> ModelInfo:
+        if props.get(PREFIX + "format") != FORMAT:
+            raise MetadataError(f"{source} has no ifseg-deploy metadata (metadata_props {PREFIX}format is "
+                                f"{props.get(PREFIX + 'format')!r}); export it with `ifseg-deploy export`")
+        try:
+            version = int(props[PREFIX + "format_version"])
+            if version > FORMAT_VERSION:
+                raise MetadataError(f"{source} was written by a newer ifseg-deploy (metadata format {version}); "
+                                    "upgrade the package")
+
+            def j(key: str) -> Any:
+                return json.loads(props[PREFIX + key])
+
+            refinement = j("refinement")
+            info = cls(
+                categories=[str(c) for c in j("categories")],
+                preprocessing=dict(j("preprocessing")),
+                input=InputSpec.from_dict(j("input")),
+                precision=props[PREFIX + "precision"],
+                refinement=(int(refinement["k"]), int(refinement["iterations"])),
+                outputs=[str(o) for o in j("outputs")],
+                opset=int(props[PREFIX + "opset"]),
+                package_version=props.get(PREFIX + "package_version", ""),
+                prompt=props.get(PREFIX + "prompt", ""),
+                extra=dict(j("extra")) if PREFIX + "extra" in props else {},
+            )
+        except MetadataError:
+            raise
+        except (KeyError, TypeError, ValueError, SpecError) as e:
+            raise MetadataError(f"{source} has incomplete or broken ifseg-deploy metadata ({type(e).__name__}: "
+                                f"{e})") from None
+        if info.precision not in PRECISIONS or not info.categories:
+            raise MetadataError(f"{source}: bad metadata (precision {info.precision!r}, "
+                                f"{len(info.categories)} categories)")
+        return info
+
+
+def write_metadata(model: Any, info: ModelInfo) -> None:
+    """Replace the ifseg-deploy entries of an ``onnx.ModelProto``'s metadata_props (others are kept)."""
+    keep = [(p.key, p.value) for p in model.metadata_props if not p.key.startswith(PREFIX)]
+    del model.metadata_props[:]
+    for key, value in keep + sorted(info.to_props().items()):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def read_metadata(model: Any, source: str = "the model") -> ModelInfo:
+    """From an ``onnx.ModelProto``."""
+    return ModelInfo.from_props({p.key: p.value for p in model.metadata_props}, source)

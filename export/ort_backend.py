@@ -1,0 +1,189 @@
+"""The ``onnxruntime`` backend of :class:`~ifseg_deploy.runtime.segmenter.Segmenter`: an exported .onnx file.
+
+Execution providers are tried in the order TensorRT -> CUDA -> CPU among those this onnxruntime build lists,
+and the session reports which of them really loaded (``onnxruntime-gpu`` lists CUDA and TensorRT even on a
+machine without their libraries, and silently falls back to the CPU). Everything else (categories,
+preprocessing, refinement, accepted sizes, precision) comes from the file's metadata.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ifseg_deploy.runtime.backend import Backend
+
+from .metadata import INPUT_NAME, PROBS_NAME, MetadataError, ModelInfo
+
+TRT_EP, CUDA_EP, CPU_EP = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
+PREFERENCE = (TRT_EP, CUDA_EP, CPU_EP)
+
+
+def _ort() -> Any:
+    import onnxruntime as ort
+
+    return ort
+
+
+@functools.lru_cache(maxsize=1)
+def usable_providers() -> tuple[str, ...]:
+    """Providers that really load here: a session on a tiny model per listed provider (``envinfo``'s probe;
+    onnxruntime-gpu lists CUDA and TensorRT even where their libraries are missing). Cached per process."""
+    from ifseg_deploy.envinfo import probe_onnxruntime
+
+    usable = probe_onnxruntime(test_providers=True).get("providers_usable")
+    return tuple(usable) if usable else (CPU_EP,)
+
+
+def default_providers(device: str | None) -> list[str]:
+    """Providers for ``device``: "cpu" -> CPU; "cuda[:N]" -> CUDA then CPU; "tensorrt" -> TensorRT, CUDA,
+    CPU; None / "auto" -> the usable ones among :data:`PREFERENCE`, in that order. Explicit choices are not
+    filtered (a GPU provider that then fails to load is an error in :meth:`OrtBackend.from_file`)."""
+    d = "auto" if device is None else str(device).lower()
+    if d == "cpu":
+        return [CPU_EP]
+    if d.startswith("cuda"):
+        return [CUDA_EP, CPU_EP]
+    if d in ("tensorrt", "trt"):
+        return [TRT_EP, CUDA_EP, CPU_EP]
+    usable = usable_providers()
+    return [p for p in PREFERENCE if p in usable] or [CPU_EP]
+
+
+def _device_id(device: str | None) -> int:
+    if device and ":" in str(device):
+        return int(str(device).rsplit(":", 1)[1])
+    return 0
+
+
+class OrtBackend(Backend):
+    """An exported ONNX model on ONNX Runtime. Use :meth:`from_file`."""
+
+    name = "onnxruntime"
+
+    def __init__(self, session: Any, info: ModelInfo, path: Path | None = None) -> None:
+        self.session = session
+        self.info = info
+        self.path = path
+        self.categories = list(info.categories)
+        self.preprocessing = dict(info.preprocessing)
+        self.refinement = tuple(info.refinement)  # type: ignore[assignment]
+        self.fixed_input_size = info.input.fixed_size
+        self.providers = list(session.get_providers())
+        self.device = "cuda" if any(p in (TRT_EP, CUDA_EP) for p in self.providers) else "cpu"
+        inputs = [i.name for i in session.get_inputs()]
+        if INPUT_NAME not in inputs or PROBS_NAME not in [o.name for o in session.get_outputs()]:
+            raise MetadataError(f"{path or 'the model'} has inputs {inputs}; expected {INPUT_NAME!r} -> "
+                                f"{PROBS_NAME!r} (an ifseg-deploy export)")
+        shape = session.get_inputs()[0].shape
+        # A static batch dimension (exports with max batch 1) takes one image per run.
+        self._batch_limit = shape[0] if isinstance(shape[0], int) else None
+
+    @classmethod
+    def from_file(cls, path: str | Path, *, device: str | None = None, providers: Sequence[str] | None = None,
+                  provider_options: dict[str, dict[str, Any]] | None = None, fp16: bool = False,
+                  trt_cache_dir: str | Path | None = None, trt_workspace_bytes: int = 1 << 30,
+                  threads: int | None = None, session_options: Any = None) -> OrtBackend:
+        """Open an exported .onnx file; nothing else is needed beside it.
+
+        ``device``: "cpu", "cuda[:N]", "tensorrt" or None/"auto" (see :func:`default_providers`);
+        ``providers`` overrides the choice. ``provider_options`` ({provider: {option: value}}) are merged over
+        the defaults: for TensorRT an engine cache in ``trt_cache_dir`` (default beside the model),
+        ``trt_workspace_bytes``, fp16 when ``fp16`` (with LayerNorm kept in fp32), INT8 for Q/DQ models, and the
+        shape profile of a dynamic export; for CUDA the device id. An explicitly asked GPU provider that fails
+        to load is an error; with device None/"auto" the session falls back to what works.
+        """
+        ort = _ort()
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such ONNX file")
+        opts = session_options or ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        opts.log_severity_level = 3
+        wanted = list(providers) if providers else default_providers(device)
+        meta_info = cls._read_info(path)
+        options = cls._provider_options(wanted, meta_info, path, device, fp16, trt_cache_dir, trt_workspace_bytes)
+        for p, extra in (provider_options or {}).items():
+            options.setdefault(p, {}).update(extra)
+        printed = io.StringIO()
+        # onnxruntime *prints* "EP Error" and retries without a provider that fails to load; capture that and
+        # report it below only if that provider was asked for explicitly.
+        with contextlib.redirect_stdout(printed):
+            session = ort.InferenceSession(str(path), opts, providers=[(p, options.get(p, {})) for p in wanted])
+        got = session.get_providers()
+        missing = [p for p in wanted if p not in got]
+        if missing:
+            detail = printed.getvalue().strip().splitlines()
+            raise RuntimeError(f"onnxruntime could not load {', '.join(missing)} for {path} (loaded: "
+                               f"{', '.join(got)}){': ' + detail[1][:300] if len(detail) > 1 else ''}; check the "
+                               "CUDA/cuDNN/TensorRT libraries that onnxruntime-gpu needs, or use device='cpu'")
+        return cls(session, meta_info, path)
+
+    @staticmethod
+    def _read_info(path: Path) -> ModelInfo:
+        import onnx
+
+        # load_external_data=False: only the graph's metadata is needed here, not the weights.
+        model = onnx.load(str(path), load_external_data=False)
+        from .metadata import read_metadata
+
+        return read_metadata(model, str(path))
+
+    @staticmethod
+    def _provider_options(wanted: Sequence[str], info: ModelInfo, path: Path, device: str | None, fp16: bool,
+                          cache_dir: str | Path | None, workspace: int) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        dev = _device_id(device)
+        if CUDA_EP in wanted:
+            out[CUDA_EP] = {"device_id": dev}
+        if TRT_EP in wanted:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+            # One folder per model content: the TensorRT EP does not notice a changed model or TensorRT upgrade
+            # by itself (microsoft/onnxruntime#22244); a new file gets a new folder.
+            cache = Path(cache_dir) if cache_dir else path.parent / f".{path.stem}.ort-trt-cache"
+            trt: dict[str, Any] = {
+                "device_id": dev, "trt_max_workspace_size": int(workspace),
+                "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache / digest),
+                "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache),
+                "trt_fp16_enable": bool(fp16), "trt_layer_norm_fp32_fallback": True,
+                "trt_int8_enable": info.precision == "int8",
+            }
+            if info.input.is_dynamic or info.input.max_batch > 1:
+                lo, opt, hi = ("x".join(str(d) for d in s) for s in info.input.shapes())
+                trt.update(trt_profile_min_shapes=f"{INPUT_NAME}:{lo}", trt_profile_opt_shapes=f"{INPUT_NAME}:{opt}",
+                           trt_profile_max_shapes=f"{INPUT_NAME}:{hi}")
+            out[TRT_EP] = trt
+        return out
+
+    # -- Backend ------------------------------------------------------------------------------------------------
+    def probs(self, pixels: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(pixels, dtype=np.float32)
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected (B, 3, H, W) pixels, got {x.shape}")
+        if self.fixed_input_size is not None and tuple(x.shape[2:]) != tuple(self.fixed_input_size):
+            h, w = self.fixed_input_size
+            raise ValueError(f"{self.path or 'this model'} was exported for {h}x{w} inputs only, got "
+                             f"{x.shape[2]}x{x.shape[3]}; resize the image or export with --dynamic")
+        step = self._batch_limit or x.shape[0]
+        parts = [self.session.run([PROBS_NAME], {INPUT_NAME: x[i:i + step]})[0] for i in range(0, x.shape[0], step)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def close(self) -> None:
+        self.session = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "path": str(self.path), "providers": self.providers,
+                "precision": self.info.precision, "input": self.info.input.describe(),
+                "refinement": list(self.refinement)}
+
+    def __repr__(self) -> str:
+        return (f"OrtBackend({self.path}, {self.info.precision}, {len(self.categories)} categories, providers="
+                f"{self.providers})")

@@ -1,0 +1,238 @@
+"""Parity of an exported model with its reference: probability errors and label agreement over inputs.
+
+Every export runs one (ONNX Runtime against PyTorch for fp32, against the fp32 ONNX for INT8, TensorRT against
+the ONNX on a GPU) and fails loudly below its threshold, so a broken export never reaches a device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+ProbsFn = Callable[[np.ndarray], np.ndarray]
+
+#: fp32 exports must reproduce PyTorch's label of at least this fraction of grid cells.
+FP32_AGREEMENT = 0.999
+#: reduced precision (fp16 / INT8) against fp32, by default.
+REDUCED_AGREEMENT = 0.95
+
+
+class ParityError(RuntimeError):
+    """An exported model that does not reproduce its reference closely enough."""
+
+    def __init__(self, message: str, report: ParityReport | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class ParityReport:
+    """Errors of ``candidate`` against ``reference`` over all inputs (probabilities at the model's 1/16 grid)."""
+
+    candidate: str
+    reference: str
+    max_abs: float  # over the cells without refinement ties (all cells when the reference knows of none)
+    mean_abs: float
+    agreement: float  # fraction of those cells whose argmax label is the same: what the gate checks
+    cells: int
+    inputs: int
+    shapes: list[list[int]]
+    data: str = ""
+    #: cells whose refined value depends on how exact ties in the kNN search are broken (see
+    #: :func:`refine_lowest_index_first`), and the label agreement over all cells, ties included
+    tie_cells: int = 0
+    agreement_all: float | None = None
+    #: mIoU of reference and candidate on a labelled set, when one was given
+    miou: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def miou_drop(self) -> float | None:
+        if "reference" not in self.miou or "candidate" not in self.miou:
+            return None
+        return self.miou["reference"] - self.miou["candidate"]
+
+    def format(self) -> str:
+        shapes = ", ".join("x".join(str(d) for d in s[2:]) + (f" (batch {s[0]})" if s[0] > 1 else "")
+                           for s in self.shapes)
+        lines = [f"parity {self.candidate} vs {self.reference} over {self.inputs} input batch(es) [{shapes}]"
+                 + (f" of {self.data}" if self.data else ""),
+                 f"  probabilities: max abs error {self.max_abs:.3g}, mean abs error {self.mean_abs:.3g}",
+                 f"  labels: {100 * self.agreement:.3f}% of {self.cells} grid cells agree"]
+        if self.tie_cells:
+            lines.append(f"  ({self.tie_cells} more cell(s) average, directly or through the refinement's rounds, over "
+                         "cells with (near-)tied neighbours, whose order no engine defines; counting them "
+                         f"{100 * (self.agreement_all or 0):.3f}% agree)")
+        if self.miou_drop is not None:
+            lines.append(f"  mIoU: {100 * self.miou['reference']:.2f} -> {100 * self.miou['candidate']:.2f} "
+                         f"({-100 * self.miou_drop:+.2f} points)")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def compare(candidate: ProbsFn, reference: ProbsFn, inputs: Sequence[np.ndarray], candidate_name: str,
+            reference_name: str, data: str = "") -> ParityReport:
+    """Run both on every (B, 3, H, W) input and pool the errors over all grid cells.
+
+    A reference with a ``tie_cells(x)`` method (:func:`torch_reference`) marks the cells whose refined value
+    hinges on tie-breaking; they are reported apart and left out of the errors and the gated agreement.
+    """
+    if not inputs:
+        raise ValueError("parity needs at least one input")
+    max_abs, abs_sum, values, agree, cells, ties, agree_all = 0.0, 0.0, 0, 0, 0, 0, 0
+    shapes = []
+    tie_cells = getattr(reference, "tie_cells", None)
+    for x in inputs:
+        ref = np.asarray(reference(x), dtype=np.float32)
+        got = np.asarray(candidate(x), dtype=np.float32)
+        if got.shape != ref.shape:
+            raise ParityError(f"{candidate_name} returned shape {got.shape} for input {x.shape}, "
+                              f"{reference_name} {ref.shape}")
+        if not np.isfinite(got).all():
+            raise ParityError(f"{candidate_name} returned non-finite values for input {x.shape}")
+        same = got.argmax(1) == ref.argmax(1)  # (B, h, w)
+        tied = np.asarray(tie_cells(x), dtype=bool) if tie_cells else np.zeros_like(same)
+        keep = ~tied
+        diff = np.abs(got - ref).transpose(0, 2, 3, 1)[keep]  # (cells kept, M)
+        if diff.size:
+            max_abs = max(max_abs, float(diff.max()))
+            abs_sum += float(diff.sum(dtype=np.float64))
+            values += diff.size
+        agree += int(same[keep].sum())
+        agree_all += int(same.sum())
+        cells += int(keep.sum())
+        ties += int(tied.sum())
+        shapes.append(list(x.shape))
+    return ParityReport(candidate_name, reference_name, max_abs, abs_sum / max(values, 1), agree / max(cells, 1),
+                        cells, len(inputs), shapes, data, ties, agree_all / max(cells + ties, 1))
+
+
+def check(report: ParityReport, min_agreement: float, max_miou_drop: float | None = None) -> ParityReport:
+    """Raise :class:`ParityError` (with the report) below ``min_agreement`` or above ``max_miou_drop``."""
+    problems = []
+    if report.agreement < min_agreement:
+        problems.append(f"label agreement {100 * report.agreement:.3f}% is below the required "
+                        f"{100 * min_agreement:.3f}%")
+    drop = report.miou_drop
+    if max_miou_drop is not None and drop is not None and drop > max_miou_drop:
+        problems.append(f"mIoU drops by {100 * drop:.2f} points, more than the allowed {100 * max_miou_drop:.2f}")
+    if problems:
+        raise ParityError(f"{report.candidate} does not match {report.reference}: " + "; ".join(problems)
+                          + "\n" + report.format(), report)
+    return report
+
+
+#: Similarities closer than this count as tied: engines sum the dot products in different orders, so two
+#: values this close may come out in either order (float32 over ~1000 feature channels).
+TIE_TOLERANCE = 1e-5
+
+
+def _similarity(features: Any) -> Any:
+    """Cosine similarities of the cells, diagonal lifted by 2, exactly as ``runtime/refine.py`` computes them."""
+    import torch
+    import torch.nn.functional as F
+
+    f = F.normalize(features.flatten(2).float(), dim=1)
+    n = f.shape[-1]
+    return f.transpose(1, 2) @ f + 2.0 * torch.eye(n, dtype=torch.float32)
+
+
+def refine_lowest_index_first(probs: Any, sim: Any, k: int, iterations: int) -> Any:
+    """The paper's kNN refinement (Eq. 18) given the similarities, ties taken lowest index first (ONNX TopK's
+    documented order; a stable sort)."""
+    import torch
+
+    b, m, h, w = probs.shape
+    n = h * w
+    nbrs = torch.sort(sim, dim=-1, descending=True, stable=True).indices[..., : min(k, n)]  # (B, n, k)
+    p = probs.flatten(2).transpose(1, 2)  # (B, n, M)
+    for _ in range(iterations):
+        p = torch.stack([p[i][nbrs[i]].mean(dim=1) for i in range(b)])
+    return p.transpose(1, 2).reshape(b, m, h, w)
+
+
+def tie_dependent_cells(sim: Any, k: int, iterations: int, tolerance: float = TIE_TOLERANCE) -> np.ndarray:
+    """(B, n) cells whose refined value may depend on how (near-)ties in the neighbour search are broken.
+
+    Photos have exact ties (a flat, saturated region gives identical features), and ``torch.topk``, ONNX
+    Runtime and TensorRT each order them their own way (a GEMM may even round two identical similarities
+    differently by their position). A cell whose k-th and (k+1)-th similarities are within ``tolerance`` can
+    get other neighbours in another engine; every cell that averages over such a cell, directly or through
+    the ``iterations`` rounds, can then differ too.
+    """
+    import torch
+
+    b, n, _ = sim.shape
+    k = min(k, n)
+    if k >= n:
+        return np.zeros((b, n), dtype=bool)
+    top = torch.sort(sim, dim=-1, descending=True).values  # (B, n, n)
+    kth = top[..., k - 1: k]
+    unsure = (top[..., k - 1] - top[..., k]) <= tolerance  # (B, n)
+    # who may be whose neighbour: anything at least as similar as the k-th, give or take the tolerance
+    candidates = (sim >= kth - tolerance).float()  # (B, n, n)
+    affected = unsure.float()
+    for _ in range(iterations):
+        affected = torch.maximum(affected, (candidates @ affected[..., None])[..., 0].clamp(max=1))
+    return affected.bool().numpy()
+
+
+class TorchReference:
+    """PyTorch probabilities of an adapted model (the raw :class:`~ifseg_deploy.runtime.graph.InferenceGraph`
+    softmax, refined by :func:`refine_lowest_index_first`), and which cells hinge on tie-breaking."""
+
+    def __init__(self, model: Any, refinement: tuple[int, int]) -> None:
+        from ifseg_deploy.runtime.graph import InferenceGraph
+
+        self.model = model.eval()
+        self.raw = InferenceGraph(self.model, 1, 0).eval()
+        self.k, self.iterations = refinement
+        self._last: tuple[int, tuple[np.ndarray, np.ndarray]] | None = None
+
+    def _run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        if self._last is not None and self._last[0] == id(x):
+            return self._last[1]
+        pixels = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        b, _, h, w = pixels.shape
+        with torch.inference_mode():
+            probs = self.raw(pixels).float()
+            ties = np.zeros((b, probs.shape[2], probs.shape[3]), dtype=bool)
+            if self.k > 1 and self.iterations > 0:
+                sim = _similarity(self.model.image_features(pixels))
+                probs = refine_lowest_index_first(probs, sim, self.k, self.iterations)
+                ties = tie_dependent_cells(sim, self.k, self.iterations).reshape(ties.shape)
+        out = (probs.numpy(), ties)
+        self._last = (id(x), out)
+        return out
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self._run(x)[0]
+
+    def tie_cells(self, x: np.ndarray) -> np.ndarray:
+        return self._run(x)[1]
+
+
+def torch_reference(model: Any, refinement: tuple[int, int]) -> TorchReference:
+    return TorchReference(model, refinement)
+
+
+def ort_probs(path: str, providers: Sequence[str] = ("CPUExecutionProvider",)) -> ProbsFn:
+    """ONNX Runtime probabilities of an exported file (the ``probs`` output only)."""
+    import onnxruntime as ort
+
+    from .metadata import INPUT_NAME, PROBS_NAME
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=list(providers))
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return session.run([PROBS_NAME], {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+    return run

@@ -1,0 +1,177 @@
+"""The ``tensorrt`` backend of :class:`~ifseg_deploy.runtime.segmenter.Segmenter`: a TensorRT engine with pycuda.
+
+Device and pinned host buffers are allocated once for the largest shape of the engine's profile, their
+addresses bound to the execution context once, and every call copies in and out asynchronously on one stream
+(TensorRT 10: ``set_input_shape`` / ``set_tensor_address`` / ``execute_async_v3``). An engine is only run
+after its sidecar vouches for it (:mod:`.engine_cache`): built by ifseg-deploy, intact, and for this TensorRT
+version and GPU. Given an .onnx file instead, the engine comes from the engine cache, built first if needed.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ifseg_deploy.runtime.backend import Backend
+
+from .engine_cache import EngineCache, read_engine
+from .metadata import INPUT_NAME, PROBS_NAME, ModelInfo
+from .trt_build import BuildOptions, TensorRTUnavailableError, build_or_load, device_environment, import_pycuda
+from .trt_build import import_tensorrt as _import_tensorrt
+
+if TYPE_CHECKING:
+    import tensorrt as trt
+
+log = logging.getLogger(__name__)
+
+
+def _device_index(device: str | int | None) -> int:
+    if device == "cpu":
+        # The CLI's default device; TensorRT has no CPU mode, so say what happens instead of failing.
+        log.warning("the tensorrt backend runs on the GPU; device 'cpu' means cuda:0 here")
+        return 0
+    if device is None or device in ("auto", "cuda", "tensorrt"):
+        return 0
+    if isinstance(device, int):
+        return device
+    if str(device).startswith("cuda:"):
+        return int(str(device).split(":", 1)[1])
+    raise TensorRTUnavailableError(f"the tensorrt backend runs on a CUDA GPU; device {device!r} is not one "
+                                   "(use cuda, cuda:N or auto)")
+
+
+class TensorRTBackend(Backend):
+    """A TensorRT engine. Use :meth:`from_file`."""
+
+    name = "tensorrt"
+
+    def __init__(self, plan: bytes, info: ModelInfo, device_index: int = 0, path: Path | None = None) -> None:
+        _import_tensorrt()  # a clear error where TensorRT is missing
+        import tensorrt as trt
+
+        cuda = import_pycuda()
+        self.info, self.path = info, path
+        self.categories = list(info.categories)
+        self.preprocessing = dict(info.preprocessing)
+        self.refinement = tuple(info.refinement)  # type: ignore[assignment]
+        self.fixed_input_size = info.input.fixed_size
+        self.device = f"cuda:{device_index}"
+        self._cuda = cuda
+        self._ctx = cuda.Device(device_index).retain_primary_context()
+        self._ctx.push()
+        try:
+            self._logger = trt.Logger(trt.Logger.WARNING)
+            self._runtime: trt.Runtime | None = trt.Runtime(self._logger)
+            engine = self._runtime.deserialize_cuda_engine(plan)
+            if engine is None:
+                raise RuntimeError(f"TensorRT could not deserialize {path or 'the engine'} (see its error above)")
+            self._engine: trt.ICudaEngine | None = engine
+            context = engine.create_execution_context()
+            self._context: trt.IExecutionContext | None = context
+            self._stream = cuda.Stream()
+            self._buffers: dict[str, tuple[Any, np.ndarray]] = {}
+            names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+            self._outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+            if INPUT_NAME not in names or PROBS_NAME not in self._outputs:
+                raise RuntimeError(f"engine tensors {names}: expected {INPUT_NAME!r} -> {PROBS_NAME!r}")
+            for name in names:
+                dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+                count = int(np.prod(self._max_shape(name)))
+                host = cuda.pagelocked_empty(count, dtype)
+                device_mem = cuda.mem_alloc(max(1, host.nbytes))
+                self._buffers[name] = (device_mem, host)
+                # Bound once: the addresses stay valid for every later call.
+                context.set_tensor_address(name, int(device_mem))
+        finally:
+            self._ctx.pop()
+
+    def _max_shape(self, name: str) -> tuple[int, ...]:
+        lo, _, hi = self.info.input.shapes()
+        batch, _, h, w = hi
+        if name == INPUT_NAME:
+            return tuple(hi)
+        if name == PROBS_NAME:
+            return (batch, len(self.categories), -(-h // 16), -(-w // 16))
+        return (batch, h, w)  # labels
+
+    @classmethod
+    def from_file(cls, path: str | Path, *, device: str | int | None = None, precision: str | None = None,
+                  cache_dir: str | Path | None = None, rebuild: bool = False,
+                  workspace_bytes: int | None = None, echo: Any = None) -> TensorRTBackend:
+        """Open ``model.engine`` (checked against its sidecar and this machine) or ``model.onnx`` (engine from the
+        cache in ``cache_dir``, built if absent or stale; ``precision`` fp16 by default, int8 for a Q/DQ file)."""
+        path = Path(path)
+        index = _device_index(device)
+        say = echo or log.info
+        if path.suffix.lower() == ".onnx":
+            from .ort_backend import OrtBackend
+
+            info = OrtBackend._read_info(path)
+            prec = precision or ("int8" if info.precision == "int8" else "fp16")
+            options = BuildOptions(prec, workspace_bytes or BuildOptions.workspace_bytes)
+            plan, _, engine_path = build_or_load(path, info, options, EngineCache(cache_dir), index, rebuild, say)
+            info.precision = prec
+            return cls(plan, info, index, engine_path)
+        env = device_environment(index)
+        plan, record = read_engine(path, environment=env)
+        info = ModelInfo.from_props(record["metadata"], str(path))
+        return cls(plan, info, index, path)
+
+    # -- Backend ------------------------------------------------------------------------------------------------
+    def probs(self, pixels: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(pixels, dtype=np.float32)
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected (B, 3, H, W) pixels, got {x.shape}")
+        spec = self.info.input
+        if not spec.accepts(x.shape[2], x.shape[3]):
+            raise ValueError(f"{x.shape[2]}x{x.shape[3]} is outside this engine's profile ({spec.describe()}); "
+                             "rebuild it with a wider --min-size/--max-size")
+        step = spec.max_batch
+        parts = [self._run(x[i:i + step]) for i in range(0, x.shape[0], step)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        cuda = self._cuda
+        context = self._context
+        if context is None:
+            raise RuntimeError("this TensorRT backend was closed")
+        self._ctx.push()
+        try:
+            d_in, h_in = self._buffers[INPUT_NAME]
+            h_in[:x.size] = x.ravel()
+            cuda.memcpy_htod_async(d_in, h_in[:x.size], self._stream)
+            if not context.set_input_shape(INPUT_NAME, tuple(x.shape)):
+                raise RuntimeError(f"TensorRT refused the input shape {x.shape}")
+            dims = context.get_tensor_shape(PROBS_NAME)
+            out_shape = tuple(int(dims[i]) for i in range(len(dims)))
+            if not context.execute_async_v3(self._stream.handle):
+                raise RuntimeError("TensorRT execution failed (see its error above)")
+            d_out, h_out = self._buffers[PROBS_NAME]
+            n = int(np.prod(out_shape))
+            cuda.memcpy_dtoh_async(h_out[:n], d_out, self._stream)
+            self._stream.synchronize()
+            return h_out[:n].reshape(out_shape).astype(np.float32, copy=True)
+        finally:
+            self._ctx.pop()
+
+    def close(self) -> None:
+        if getattr(self, "_ctx", None) is None:
+            return
+        self._ctx.push()
+        try:
+            for d_mem, _ in self._buffers.values():
+                d_mem.free()
+            self._buffers.clear()
+            self._context = self._engine = self._runtime = None
+        finally:
+            self._ctx.pop()
+            self._ctx.detach()
+            self._ctx = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "path": str(self.path), "device": self.device,
+                "precision": self.info.precision, "input": self.info.input.describe(),
+                "refinement": list(self.refinement)}

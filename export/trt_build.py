@@ -1,0 +1,295 @@
+"""TensorRT engine build from an exported ONNX file (TensorRT >= 10 Python API), through the engine cache.
+
+Kept thin: parse, one optimization profile from the file's metadata, a workspace cap, fp16/INT8 flags with the
+fp32 pins of :mod:`.fp16`, a timing cache, progress output, ``build_serialized_network``. Builds take minutes
+on a Jetson, so progress is printed as TensorRT reports phases, with a heartbeat in between. "Could not find
+any implementation" usually means out of memory there (NVIDIA/TensorRT#3355, #4258), and the error says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .engine_cache import EngineCache, EngineKey, sha256_file
+from .metadata import INPUT_NAME, ModelInfo
+
+if TYPE_CHECKING:
+    import tensorrt as trt
+
+log = logging.getLogger(__name__)
+Echo = Callable[[str], None]
+
+#: 1 GiB: what a Jetson with 8 GB of memory shared by CPU and GPU can spare (ultralytics' Jetson default).
+DEFAULT_WORKSPACE = 1 << 30
+HEARTBEAT_SECONDS = 30.0
+
+
+class TensorRTUnavailableError(RuntimeError):
+    """TensorRT (or pycuda, or a CUDA GPU) is missing."""
+
+
+class EngineBuildError(RuntimeError):
+    """TensorRT could not build an engine."""
+
+
+def import_tensorrt() -> Any:
+    """The ``tensorrt`` module, or :class:`TensorRTUnavailableError` saying how to get it."""
+    try:
+        import tensorrt
+    except ImportError as e:
+        raise TensorRTUnavailableError(
+            f"TensorRT is not installed ({e}). On a Jetson it comes with JetPack (python3-libnvinfer); on an x86 "
+            "host: pip install 'ifseg-deploy[trt]'. Without TensorRT, export --format onnx and build the engine "
+            "on the device") from None
+    major = int(str(tensorrt.__version__).split(".")[0])
+    if major < 10:
+        raise TensorRTUnavailableError(f"TensorRT {tensorrt.__version__} is too old; ifseg-deploy needs TensorRT >= 10")
+    return tensorrt
+
+
+def import_pycuda() -> Any:
+    try:
+        import pycuda.driver as cuda
+    except ImportError as e:
+        raise TensorRTUnavailableError(f"pycuda is not installed ({e}): pip install pycuda") from None
+    try:
+        cuda.init()
+        if cuda.Device.count() < 1:
+            raise TensorRTUnavailableError("no CUDA GPU is visible")
+    except cuda.Error as e:
+        raise TensorRTUnavailableError(f"CUDA is not usable here: {e}") from None
+    return cuda
+
+
+def device_environment(device_index: int = 0) -> dict[str, str]:
+    """TensorRT version, GPU name and compute capability: the machine half of an :class:`EngineKey`."""
+    version = import_tensorrt().__version__
+    cuda = import_pycuda()
+    dev = cuda.Device(device_index)
+    major, minor = dev.compute_capability()
+    return {"tensorrt_version": str(version), "gpu_name": str(dev.name()),
+            "compute_capability": f"{major}.{minor}"}
+
+
+@dataclass
+class BuildOptions:
+    """Builder settings; every field is part of the engine key."""
+
+    precision: str = "fp16"  # fp32 | fp16 | int8 (int8 needs a Q/DQ model)
+    workspace_bytes: int = DEFAULT_WORKSPACE
+    optimization_level: int | None = None  # TensorRT's default (3) when None
+    pin_fp32: bool = True  # LayerNorm/Softmax/Pow/... in fp32 for fp16 and int8 builds
+
+    def key_options(self) -> dict[str, Any]:
+        from .fp16 import FP32_LAYER_OPS, FP32_LAYER_TYPES, FP32_OP_TYPES
+
+        pins = [list(FP32_OP_TYPES), list(FP32_LAYER_TYPES), [list(p) for p in FP32_LAYER_OPS]]
+        return {"workspace_bytes": self.workspace_bytes, "optimization_level": self.optimization_level,
+                "fp32_pins": pins if self.pin_fp32 and self.precision != "fp32" else None}
+
+
+def engine_key(onnx_path: str | Path, info: ModelInfo, options: BuildOptions, env: dict[str, str]) -> EngineKey:
+    return EngineKey.create(sha256_file(onnx_path), env["tensorrt_version"], env["gpu_name"],
+                            env["compute_capability"], options.precision, info.input.shapes(),
+                            options.key_options())
+
+
+def check_precision(info: ModelInfo, precision: str) -> None:
+    if precision not in ("fp32", "fp16", "int8"):
+        raise ValueError(f"precision must be fp32, fp16 or int8, got {precision!r}")
+    if precision == "int8" and info.precision != "int8":
+        raise EngineBuildError("an INT8 engine needs the Q/DQ INT8 ONNX (export --format onnx --precision int8 "
+                               "--calib-images DIR); TensorRT's implicit calibrators are deprecated")
+    if info.precision == "int8" and precision != "int8":
+        raise EngineBuildError(f"this ONNX file is INT8 (Q/DQ); build it with --precision int8, not {precision}")
+
+
+def _logger(echo: Echo) -> trt.ILogger:
+    import tensorrt as trt
+
+    class Logger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+
+        def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
+            if severity <= trt.ILogger.Severity.WARNING:
+                echo(f"TensorRT {severity.name.lower()}: {msg}")
+            else:
+                log.debug("TensorRT: %s", msg)
+
+    return Logger()
+
+
+def _progress(echo: Echo) -> trt.IProgressMonitor:
+    import tensorrt as trt
+
+    class Progress(trt.IProgressMonitor):
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+            self.lock = threading.Lock()
+
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+            if parent_phase is None:  # top-level phases only: the nested ones would flood a console
+                with self.lock:
+                    echo(f"  TensorRT: {phase_name} ({num_steps} step(s))")
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            return True  # never cancel
+
+        def phase_finish(self, phase_name: str) -> None:
+            pass
+
+    return Progress()
+
+
+def _operation(layer: trt.ILayer) -> str | None:
+    """The operation name of an elementwise, unary or reduce layer (None for other kinds)."""
+    import tensorrt as trt
+
+    # network.get_layer returns the ILayer base class; TensorRT's own samples re-class it to reach ``.op``.
+    kind = layer.type
+    if kind == trt.LayerType.ELEMENTWISE:
+        layer.__class__ = trt.IElementWiseLayer
+        return typing.cast(trt.IElementWiseLayer, layer).op.name
+    if kind == trt.LayerType.UNARY:
+        layer.__class__ = trt.IUnaryLayer
+        return typing.cast(trt.IUnaryLayer, layer).op.name
+    if kind == trt.LayerType.REDUCE:
+        layer.__class__ = trt.IReduceLayer
+        return typing.cast(trt.IReduceLayer, layer).op.name
+    return None
+
+
+def pin_fp32_layers(network: trt.INetworkDefinition, fp32_nodes: set[str]) -> int:
+    """Precision constraints on the layers :func:`.fp16.keep_fp32` selects; returns how many were pinned."""
+    import tensorrt as trt
+
+    from .fp16 import keep_fp32
+
+    floats = (trt.float32, trt.float16)
+    pinned = 0
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        kind = layer.type.name
+        op = _operation(layer)
+        if not keep_fp32(kind, op, layer.name, fp32_nodes):
+            continue
+        outputs = [layer.get_output(j) for j in range(layer.num_outputs)]
+        if not any(t.dtype in floats for t in outputs):
+            continue  # integer layers (shape arithmetic) carry no precision to pin
+        layer.precision = trt.float32
+        for j, t in enumerate(outputs):
+            if t.dtype in floats:
+                layer.set_output_type(j, trt.float32)
+        pinned += 1
+    return pinned
+
+
+def build_engine(onnx_path: str | Path, info: ModelInfo, options: BuildOptions,
+                 timing_cache: Path | None = None, echo: Echo = log.info) -> bytes:
+    """Parse ``onnx_path`` and build a serialized engine (the plan bytes)."""
+    import onnx
+
+    from .fp16 import fp32_node_names
+
+    import_tensorrt()  # a clear error where TensorRT is missing
+    import tensorrt as trt
+
+    check_precision(info, options.precision)
+    logger = _logger(echo)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise EngineBuildError(f"TensorRT cannot parse {onnx_path}:\n  " + "\n  ".join(errors[:10]))
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_bytes))
+    if options.optimization_level is not None:
+        config.builder_optimization_level = int(options.optimization_level)
+    lo, opt, hi = info.input.shapes()
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        name = network.get_input(i).name
+        if name != INPUT_NAME:
+            raise EngineBuildError(f"unexpected network input {name!r}; expected {INPUT_NAME!r}")
+        profile.set_shape(name, trt.Dims(list(lo)), trt.Dims(list(opt)), trt.Dims(list(hi)))
+    config.add_optimization_profile(profile)
+
+    if options.precision in ("fp16", "int8"):
+        if not builder.platform_has_fast_fp16:
+            echo("warning: this GPU has no fast fp16; the engine may be slower than fp32")
+        config.set_flag(trt.BuilderFlag.FP16)
+    if options.precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)  # explicit quantization: the scales come from the Q/DQ nodes
+    if options.pin_fp32 and options.precision != "fp32":
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+        nodes = fp32_node_names(onnx.load(str(onnx_path), load_external_data=False))
+        echo(f"keeping {pin_fp32_layers(network, nodes)} layer(s) in fp32 (LayerNorm, Softmax, Pow, ...)")
+
+    if timing_cache is not None:
+        data = timing_cache.read_bytes() if timing_cache.is_file() else b""
+        cache = config.create_timing_cache(data)
+        config.set_timing_cache(cache, ignore_mismatch=False)
+    config.progress_monitor = _progress(echo)
+
+    echo(f"building a {options.precision} TensorRT {trt.__version__} engine for {info.input.describe()}, "
+         f"workspace {options.workspace_bytes / 2**20:.0f} MiB; this takes minutes on a Jetson ...")
+    start = time.monotonic()
+    done = threading.Event()
+
+    def heartbeat() -> None:
+        while not done.wait(HEARTBEAT_SECONDS):
+            echo(f"  still building ({time.monotonic() - start:.0f} s) ...")
+
+    beat = threading.Thread(target=heartbeat, daemon=True)
+    beat.start()
+    try:
+        plan = builder.build_serialized_network(network, config)
+    finally:
+        done.set()
+        beat.join()
+    if plan is None:
+        raise EngineBuildError("TensorRT could not build the engine (see its errors above). On a Jetson, \"Could "
+                               "not find any implementation\" or a tactic memory request above the available "
+                               "memory means it ran out of memory: lower --workspace, close other programs, or "
+                               "export a smaller --max-size")
+    echo(f"built in {time.monotonic() - start:.0f} s ({plan.nbytes / 2**20:.1f} MiB)")
+    if timing_cache is not None:
+        from ifseg_deploy.atomic import atomic_write_bytes
+
+        atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
+    return bytes(plan)
+
+
+def build_or_load(onnx_path: str | Path, info: ModelInfo, options: BuildOptions, cache: EngineCache,
+                  device_index: int = 0, rebuild: bool = False, echo: Echo = log.info
+                  ) -> tuple[bytes, EngineKey, Path]:
+    """The cached engine for this model, precision, profile and machine, built first if absent or stale."""
+    env = device_environment(device_index)
+    key = engine_key(onnx_path, info, options, env)
+    if not rebuild:
+        hit = cache.load(key)
+        if hit is not None:
+            echo(f"using the cached engine {cache.path_for(key)}")
+            return hit[0], key, cache.path_for(key)
+    tc = cache.timing_cache_path(env["tensorrt_version"], env["compute_capability"], env["gpu_name"])
+    tc.parent.mkdir(parents=True, exist_ok=True)
+    plan = build_engine(onnx_path, info, options, tc, echo)
+    path = cache.store(key, plan, _engine_metadata(info, options))
+    return plan, key, path
+
+
+def _engine_metadata(info: ModelInfo, options: BuildOptions) -> dict[str, str]:
+    """The ONNX metadata, with the engine's precision, for the sidecar (the runtime reads it from there)."""
+    props = info.to_props()
+    props["ifseg.precision"] = options.precision
+    return props

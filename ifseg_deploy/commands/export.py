@@ -1,0 +1,123 @@
+"""``ifseg-deploy export``: adapted model -> checked ONNX (fp32 / INT8 Q/DQ) or TensorRT engine."""
+
+from __future__ import annotations
+
+import click
+
+FORMATS = ["onnx", "tensorrt"]
+PRECISIONS = ["fp32", "fp16", "int8"]
+
+
+def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    from ifseg_deploy.export.spec import SpecError, parse_size
+
+    try:
+        return parse_size(value)
+    except SpecError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+@click.command(short_help="Export an adapted model to ONNX (fp32, INT8) or a TensorRT engine, checked.")
+@click.option("--model", "model", required=True, type=click.Path(exists=True),
+              help="Adapted-model directory (from `adapt`), or an exported .onnx file (to quantize it or build "
+                   "its engine on the device).")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="onnx", show_default=True,
+              help="onnx: a self-describing .onnx file; tensorrt: an engine for this machine's GPU (+ .json).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+              help="fp32 or int8 for onnx; fp32, fp16 or int8 for tensorrt. [default: fp32 for onnx, fp16 for "
+                   "tensorrt]")
+@click.option("--calib-images", type=click.Path(exists=True, file_okay=False),
+              help="INT8: folder of unlabeled, representative photos (hundreds; modelopt advises >= 500).")
+@click.option("--calib-method", type=click.Choice(["entropy", "max"]), default="entropy", show_default=True,
+              help="INT8 calibration of activation ranges.")
+@click.option("--calib-max", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Use at most this many calibration images (spread over the folder).")
+@click.option("--input-size", callback=_size, metavar="HxW",
+              help="Fixed input size, e.g. 512x683 (a 640x480 camera after the runtime's resize). [default]")
+@click.option("--dynamic", is_flag=True,
+              help="Dynamic height and width (TensorRT profile from --min/--opt/--max-size).")
+@click.option("--min-size", callback=_size, metavar="HxW", help="With --dynamic. [default: 256x256]")
+@click.option("--opt-size", callback=_size, metavar="HxW", help="With --dynamic. [default: 512x683]")
+@click.option("--max-size", callback=_size, metavar="HxW", help="With --dynamic. [default: 1024x1024]")
+@click.option("--max-batch", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Largest batch the model (and the engine's profile) accepts.")
+@click.option("--no-refine", is_flag=True, help="Leave the kNN refinement (K=3, 25 iterations) out of the graph.")
+@click.option("--labels", is_flag=True,
+              help="Add a second output: labels at the input size (bilinear upsampling + argmax in the graph).")
+@click.option("--opset", type=click.IntRange(min=17), default=18, show_default=True, help="ONNX opset (>= 17).")
+@click.option("--agreement-threshold", type=click.FloatRange(0, 1), default=0.999, show_default=True,
+              help="fp32: minimum label agreement with PyTorch (grid cells); below it the export fails.")
+@click.option("--reduced-agreement-threshold", type=click.FloatRange(0, 1), default=0.95, show_default=True,
+              help="INT8 / fp16: minimum label agreement with the fp32 model.")
+@click.option("--max-miou-drop", type=click.FloatRange(0, 1), default=0.01, show_default=True,
+              help="INT8 with --eval-dataset: largest allowed mIoU loss (0.01 = 1 point).")
+@click.option("--eval-dataset", type=click.Choice(["folder", "ade20k", "coco-stuff-171", "coco-stuff-15"]),
+              help="INT8: a labelled set to compare the mIoU of INT8 and fp32 on (see `ifseg-deploy eval`).")
+@click.option("--eval-root", type=click.Path(exists=True, file_okay=False), help="Root folder of --eval-dataset.")
+@click.option("--eval-limit", type=click.IntRange(min=1), help="Use only the first N images of --eval-dataset.")
+@click.option("--workspace", type=click.IntRange(min=16), default=1024, show_default=True, metavar="MiB",
+              help="TensorRT builder workspace cap (Jetsons share their memory with the CPU).")
+@click.option("--engine-cache", type=click.Path(file_okay=False),
+              help="TensorRT engine cache folder. [default: $IFSEG_DEPLOY_CACHE or ~/.cache/ifseg-deploy/engines]")
+@click.option("--device", default=None, help="TensorRT: cuda or cuda:N. [default: cuda:0]")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .onnx or .engine file.")
+def export(model: str, fmt: str, precision: str | None, calib_images: str | None, calib_method: str,
+           calib_max: int, input_size: tuple[int, int] | None, dynamic: bool, min_size: tuple[int, int] | None,
+           opt_size: tuple[int, int] | None, max_size: tuple[int, int] | None, max_batch: int, no_refine: bool,
+           labels: bool, opset: int, agreement_threshold: float, reduced_agreement_threshold: float,
+           max_miou_drop: float, eval_dataset: str | None, eval_root: str | None, eval_limit: int | None,
+           workspace: int, engine_cache: str | None, device: str | None, overwrite: bool, out: str) -> None:
+    """Export MODEL to a checked, self-describing file for the edge device.
+
+    \b
+      ifseg-deploy export --model my_model --out my_model.onnx
+      ifseg-deploy export --model my_model --dynamic --max-batch 4 --out my_model.dyn.onnx
+      ifseg-deploy export --model my_model.onnx --precision int8 --calib-images photos/ --out my_model.int8.onnx
+      ifseg-deploy export --model my_model.onnx --format tensorrt --precision fp16 --out my_model.engine
+
+    Every export is checked before it is written: ONNX Runtime against PyTorch (fp32: at least 99.9% of the
+    labels agree, or the export fails and nothing is written), INT8 against fp32 (label agreement, and the
+    mIoU difference on --eval-dataset), a TensorRT engine against its ONNX file. The .onnx file holds the
+    category names, preprocessing and refinement settings, so it is all a device needs.
+    """
+    from ifseg_deploy.checkpoints.errors import CheckpointError
+    from ifseg_deploy.export.engine_cache import EngineCacheError
+    from ifseg_deploy.export.int8 import QuantizationError
+    from ifseg_deploy.export.metadata import MetadataError
+    from ifseg_deploy.export.onnx_export import ExportError
+    from ifseg_deploy.export.parity import ParityError
+    from ifseg_deploy.export.pipeline import ExportUsageError, export_model
+    from ifseg_deploy.export.spec import DEFAULT_MAX, DEFAULT_MIN, DEFAULT_OPT, InputSpec, SpecError
+    from ifseg_deploy.export.trt_build import EngineBuildError, TensorRTUnavailableError
+
+    if input_size is not None and (dynamic or min_size or opt_size or max_size):
+        raise click.UsageError("give either --input-size or --dynamic (with --min/--opt/--max-size), not both")
+    if (min_size or opt_size or max_size) and not dynamic:
+        raise click.UsageError("--min-size/--opt-size/--max-size go with --dynamic")
+    if not dynamic and input_size is None:
+        spec = None if max_batch == 1 else InputSpec.fixed((512, 683), max_batch)
+    elif dynamic:
+        spec = InputSpec.dynamic(min_size or DEFAULT_MIN, opt_size or DEFAULT_OPT, max_size or DEFAULT_MAX, max_batch)
+    else:
+        spec = InputSpec.fixed(input_size, max_batch)  # type: ignore[arg-type]
+    if eval_dataset and not eval_root:
+        raise click.UsageError("--eval-dataset needs --eval-root")
+    try:
+        summary = export_model(
+            model, out, format=fmt, precision=precision, input_spec=spec, refine=not no_refine, labels=labels,
+            opset=opset, calib_images=calib_images, calib_method=calib_method, calib_max=calib_max,
+            agreement_threshold=agreement_threshold, reduced_agreement_threshold=reduced_agreement_threshold,
+            max_miou_drop=max_miou_drop, eval_dataset=eval_dataset, eval_root=eval_root, eval_limit=eval_limit,
+            workspace_bytes=workspace * 2**20, engine_cache=engine_cache, device=device, overwrite=overwrite,
+            echo=click.echo)
+    except ParityError as e:
+        raise click.ClickException(f"export failed its parity check; nothing was written to {out}\n{e}") from None
+    except (ExportUsageError, SpecError) as e:
+        raise click.UsageError(str(e)) from None
+    except (ExportError, QuantizationError, MetadataError, CheckpointError, EngineBuildError, EngineCacheError,
+            TensorRTUnavailableError, FileExistsError, FileNotFoundError) as e:
+        raise click.ClickException(f"{e}\nnothing was written to {out}") from None
+    click.echo(f"done: {summary.path} ({summary.format}, {summary.precision}, {summary.info.input.describe()})")
