@@ -1,0 +1,226 @@
+"""Shared pieces of the benchmark harness: latency statistics, ratios to the baseline, host memory probes and
+the description of the machine a result was measured on."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import resource
+import statistics
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+#: The latency figures every timed row carries (milliseconds), plus throughput (images per second).
+LATENCY_KEYS = ("mean_ms", "p50_ms", "p90_ms", "p99_ms")
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolation percentile (numpy's default method), ``q`` in [0, 100]."""
+    if not values:
+        raise ValueError("no values")
+    xs = sorted(float(v) for v in values)
+    if len(xs) == 1:
+        return xs[0]
+    pos = (len(xs) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def latency_stats(times_ms: Sequence[float], images_per_call: int) -> dict[str, Any]:
+    """mean / p50 / p90 / p99 / min / max / std of per-call times, and throughput = images per call / mean."""
+    if not times_ms:
+        raise ValueError("no timed runs")
+    mean = statistics.fmean(times_ms)
+    return {
+        "mean_ms": mean,
+        "p50_ms": percentile(times_ms, 50),
+        "p90_ms": percentile(times_ms, 90),
+        "p99_ms": percentile(times_ms, 99),
+        "min_ms": min(times_ms),
+        "max_ms": max(times_ms),
+        "std_ms": statistics.pstdev(times_ms) if len(times_ms) > 1 else 0.0,
+        "throughput_ips": images_per_call / (mean / 1e3) if mean > 0 else None,
+        "runs": len(times_ms),
+        "times_ms": [float(t) for t in times_ms],
+    }
+
+
+def _ratio(value: float | None, base: float | None) -> float | None:
+    if value is None or base is None or base == 0:
+        return None
+    return float(value) / float(base)
+
+
+def ratios_to_baseline(row: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """Every figure of a stats dict divided by the baseline's (``value / baseline``: below 1 is faster for
+    latencies, above 1 is more throughput), plus:
+
+    * ``speedup`` = baseline mean / row mean (how many times faster than the baseline);
+    * ``speedup_paired_median`` = median over rounds of baseline_i / row_i. Rounds are interleaved, so each
+      pair saw the same machine load; this is the figure that drifting load disturbs least.
+    """
+    out: dict[str, Any] = {k: _ratio(row.get(k), base.get(k)) for k in (*LATENCY_KEYS, "throughput_ips")}
+    out["speedup"] = _ratio(base.get("mean_ms"), row.get("mean_ms"))
+    pairs = [b / r for b, r in zip(base.get("times_ms") or [], row.get("times_ms") or []) if r > 0]
+    out["speedup_paired_median"] = statistics.median(pairs) if pairs else None
+    return out
+
+
+# -- host memory --------------------------------------------------------------------------------------------------
+def _status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def rss_mb() -> float | None:
+    """Current resident set size of this process (MiB), where /proc is available."""
+    kb = _status_kb("VmRSS")
+    return None if kb is None else kb / 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter of this process (Linux >= 4.0: ``5`` into /proc/self/clear_refs), so
+    the next :func:`peak_rss_mb` is the peak since now. False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float | None:
+    """Peak RSS (MiB) since the last successful :func:`reset_peak_rss` (VmHWM), else since the process started
+    (``getrusage``)."""
+    kb = _status_kb("VmHWM")
+    if kb is None:
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        if sys.platform == "darwin":  # bytes there
+            kb //= 1024
+    return kb / 1024
+
+
+# -- machine ------------------------------------------------------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    """Where and when: date, CPU model, core count, load averages, memory, GPU (if torch sees one)."""
+    import torch
+
+    info: dict[str, Any] = {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "load_average_1_5_15": load_average(),
+        "torch": torch.__version__,
+        "cuda_available": torch.cuda.is_available(),
+    }
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        info["memory_gib"] = round(pages * size / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        info["memory_gib"] = None
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu_compute_capability"] = ".".join(str(x) for x in torch.cuda.get_device_capability(0))
+    for mod in ("onnxruntime", "onnx", "modelopt", "tensorrt"):
+        info[mod] = _version(mod)
+    return info
+
+
+def _version(module: str) -> str | None:
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+    except ImportError:  # pragma: no cover
+        return None
+    dist = {"onnxruntime": ("onnxruntime-gpu", "onnxruntime"), "modelopt": ("nvidia-modelopt",),
+            "tensorrt": ("tensorrt", "tensorrt-cu12")}.get(module, (module,))
+    for d in dist:
+        try:
+            return version(d)
+        except PackageNotFoundError:
+            continue
+    return None
+
+
+def parse_list(text: str, allowed: Sequence[str] | None = None, what: str = "value") -> list[str]:
+    """``"a, b,c"`` -> ["a", "b", "c"] (order kept, duplicates dropped); ValueError for names not in ``allowed``."""
+    items = list(dict.fromkeys(x.strip().lower() for x in text.split(",") if x.strip()))
+    if not items:
+        raise ValueError(f"no {what} given")
+    if allowed is not None:
+        bad = [x for x in items if x not in allowed]
+        if bad:
+            raise ValueError(f"unknown {what} {', '.join(map(repr, bad))}; choose from {', '.join(allowed)}")
+    return items
+
+
+def parse_ints(text: str, what: str = "value") -> list[int]:
+    """``"1,4"`` -> [1, 4]; every value must be a positive integer."""
+    out = []
+    for x in parse_list(text, what=what):
+        try:
+            v = int(x)
+        except ValueError:
+            raise ValueError(f"{what} {x!r} is not an integer") from None
+        if v < 1:
+            raise ValueError(f"{what} must be >= 1 (got {v})")
+        out.append(v)
+    return out
+
+
+# -- contention -----------------------------------------------------------------------------------------------------
+def cpu_jiffies() -> tuple[int, int, int] | None:
+    """(all jiffies of all CPUs, busy jiffies of all CPUs, jiffies of this process) from /proc, or None.
+
+    Between two readings, ``(d_busy - d_self) / d_all * cpu_count`` is how many cores other processes kept busy:
+    the contention a timing on a shared machine suffered (``foreign_cores``)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        with open("/proc/self/stat", encoding="ascii") as f:
+            own = f.read().rsplit(")", 1)[1].split()
+    except (OSError, ValueError, IndexError):
+        return None
+    # user nice system idle iowait irq softirq steal (guest time is already inside user)
+    total = sum(fields[:8])
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    self_j = int(own[11]) + int(own[12])  # utime, stime (fields 14 and 15 of the full line)
+    return total, total - idle, self_j
+
+
+def foreign_cores(start: tuple[int, int, int] | None, end: tuple[int, int, int] | None
+                  ) -> tuple[float, float] | None:
+    """(foreign busy jiffies, all jiffies) between two :func:`cpu_jiffies` readings; sum both over calls, divide,
+    and multiply by the core count to get the average number of cores other processes used meanwhile."""
+    if start is None or end is None:
+        return None
+    d_all, d_busy, d_self = (e - s for s, e in zip(start, end))
+    return max(0.0, float(d_busy - d_self)), float(d_all)
