@@ -152,6 +152,10 @@ def machine_info() -> dict[str, Any]:
         info["gpu_compute_capability"] = ".".join(str(x) for x in torch.cuda.get_device_capability(0))
     for mod in ("onnxruntime", "onnx", "modelopt", "tensorrt"):
         info[mod] = _version(mod)
+    # settings that change CPU timings: the allocator (glibc malloc's mmap / trim thresholds, a preloaded
+    # jemalloc / tcmalloc) and the OpenMP / MKL thread pools
+    info["env"] = {k: v for k, v in sorted(os.environ.items())
+                   if k.startswith(("MALLOC_", "OMP_", "MKL_", "KMP_", "GOMP_")) or k == "LD_PRELOAD"}
     return info
 
 
@@ -197,11 +201,9 @@ def parse_ints(text: str, what: str = "value") -> list[int]:
 
 
 # -- contention -----------------------------------------------------------------------------------------------------
-def cpu_jiffies() -> tuple[int, int, int] | None:
-    """(all jiffies of all CPUs, busy jiffies of all CPUs, jiffies of this process) from /proc, or None.
-
-    Between two readings, ``(d_busy - d_self) / d_all * cpu_count`` is how many cores other processes kept busy:
-    the contention a timing on a shared machine suffered (``foreign_cores``)."""
+def cpu_jiffies() -> tuple[int, int, int, int, int, int] | None:
+    """(all jiffies of all CPUs, busy jiffies, steal jiffies, this process's user jiffies, its kernel jiffies,
+    unused 0) from /proc, or None where /proc is missing. See :func:`cpu_split`."""
     try:
         with open("/proc/stat", encoding="ascii") as f:
             fields = [int(x) for x in f.readline().split()[1:]]
@@ -209,18 +211,24 @@ def cpu_jiffies() -> tuple[int, int, int] | None:
             own = f.read().rsplit(")", 1)[1].split()
     except (OSError, ValueError, IndexError):
         return None
+    fields += [0] * (8 - len(fields))
     # user nice system idle iowait irq softirq steal (guest time is already inside user)
     total = sum(fields[:8])
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    self_j = int(own[11]) + int(own[12])  # utime, stime (fields 14 and 15 of the full line)
-    return total, total - idle, self_j
+    idle = fields[3] + fields[4]
+    steal = fields[7]
+    return total, total - idle - steal, steal, int(own[11]), int(own[12]), 0  # utime, stime: fields 14, 15
 
 
-def foreign_cores(start: tuple[int, int, int] | None, end: tuple[int, int, int] | None
-                  ) -> tuple[float, float] | None:
-    """(foreign busy jiffies, all jiffies) between two :func:`cpu_jiffies` readings; sum both over calls, divide,
-    and multiply by the core count to get the average number of cores other processes used meanwhile."""
+CPU_KEYS = ("all", "other", "steal", "self_user", "self_kernel")
+
+
+def cpu_split(start: tuple[int, ...] | None, end: tuple[int, ...] | None) -> dict[str, float] | None:
+    """Jiffies between two :func:`cpu_jiffies` readings: ``all`` (every CPU, busy or idle), ``other`` (busy in
+    other processes), ``steal`` (taken by the hypervisor), ``self_user`` / ``self_kernel`` (this process). Sum
+    over calls; ``other / all * cores`` = cores other processes kept busy; ``self_kernel / (self_user +
+    self_kernel)`` = the share of this process's CPU time spent in the kernel (page faults of fresh memory...)."""
     if start is None or end is None:
         return None
-    d_all, d_busy, d_self = (e - s for s, e in zip(start, end))
-    return max(0.0, float(d_busy - d_self)), float(d_all)
+    d_all, d_busy, d_steal, d_user, d_sys, _ = (e - s for s, e in zip(start, end))
+    return {"all": float(d_all), "other": float(max(0, d_busy - d_user - d_sys)), "steal": float(d_steal),
+            "self_user": float(d_user), "self_kernel": float(d_sys)}

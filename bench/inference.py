@@ -35,8 +35,9 @@ from typing import Any
 import numpy as np
 
 from .common import (
+    CPU_KEYS,
     cpu_jiffies,
-    foreign_cores,
+    cpu_split,
     latency_stats,
     load_average,
     machine_info,
@@ -109,7 +110,7 @@ class Row:
     device_peak: float | None = None
     timer: str = "perf_counter"
     calls_per_run: int = 1
-    foreign: list[float] = field(default_factory=lambda: [0.0, 0.0])  # other processes' jiffies, all jiffies
+    cpu: dict[str, float] = field(default_factory=lambda: dict.fromkeys(CPU_KEYS, 0.0))  # jiffies, timed calls
 
     @property
     def name(self) -> str:
@@ -550,7 +551,7 @@ def run_inference(s: InferenceSettings, echo: Echo = print) -> dict[str, Any]:
             if row.status != "ok":
                 continue
             try:
-                ms, peak, call, dev_peak, foreign = _time_call(fn, on_gpu, row.timer == "cuda events")
+                ms, peak, call, dev_peak, cpu = _time_call(fn, on_gpu, row.timer == "cuda events")
             except Exception as e:  # noqa: BLE001
                 row.status, row.reason = "failed", f"running: {type(e).__name__}: {e}"[:400]
                 echo(f"{row.name} {row.size}: {row.reason}")
@@ -564,9 +565,9 @@ def run_inference(s: InferenceSettings, echo: Echo = print) -> dict[str, Any]:
             row.rss_peak = _max(row.rss_peak, peak)
             row.rss_call = _max(row.rss_call, call)
             row.device_peak = _max(row.device_peak, dev_peak)
-            if foreign is not None:
-                row.foreign[0] += foreign[0]
-                row.foreign[1] += foreign[1]
+            if cpu is not None:
+                for k2, v in cpu.items():
+                    row.cpu[k2] += v
         phase = "warm-up" if not timed else "round"
         idx = r + 1 if not timed else r - s.warmup + 1
         total = s.warmup if not timed else s.iters
@@ -693,8 +694,8 @@ def _load(row: Row, adapted: Any, device: str, threads: int, refinement: tuple[i
 
 def _time_call(fn: Callable[[], Any], on_gpu: bool, events: bool) -> tuple[float, float | None, float | None,
                                                                           float | None, Any]:
-    """(milliseconds, peak RSS during the call, peak RSS minus RSS before it, peak device memory, (jiffies other
-    processes used, all jiffies) during the call)."""
+    """(milliseconds, peak RSS during the call, peak RSS minus RSS before it, peak device memory, the CPU
+    jiffies of the call by kind: :func:`~.common.cpu_split`)."""
     import torch
 
     before = rss_mb()
@@ -719,7 +720,7 @@ def _time_call(fn: Callable[[], Any], on_gpu: bool, events: bool) -> tuple[float
     j1 = cpu_jiffies()
     peak = peak_rss_mb()
     dev = torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None
-    return ms, peak, (None if peak is None or before is None else peak - before), dev, foreign_cores(j0, j1)
+    return ms, peak, (None if peak is None or before is None else peak - before), dev, cpu_split(j0, j1)
 
 
 def _agreement(rows: list[Row], loaded: dict[tuple, _Loaded], segmenters: dict[tuple, Any],
@@ -848,7 +849,7 @@ def _report(s: InferenceSettings, rows: list[Row], loaded: dict[tuple, _Loaded],
                            "rss_peak_mb": row.rss_peak, "rss_call_mb": row.rss_call,
                            "device_peak_mb": row.device_peak}
             d["load_s"] = item.load_s
-            d["contention"] = {"other_processes_cores": _contention(row)}
+            d["cpu"] = _cpu_figures(row)
             describe = getattr(item.backend, "describe", None)
             d["backend_info"] = describe() if callable(describe) else None
             if base.status == "ok" and base.model_times and base.e2e_times:
@@ -867,8 +868,10 @@ def _report(s: InferenceSettings, rows: list[Row], loaded: dict[tuple, _Loaded],
         "e2e = Segmenter on a uint8 image of the input size (normalise + model + bilinear upsampling + argmax).",
         "ratio = value / baseline (PyTorch eager fp32, same size and batch, measured interleaved in this run); "
         "speedup = baseline mean / mean; speedup_paired_median = median over rounds of baseline / variant.",
-        "other_processes_cores: average number of cores that other processes kept busy during a row's timed "
-        "calls (from /proc/stat); on a shared machine it says how disturbed the timing was.",
+        "cpu (from /proc, over a row's timed calls): other_processes_cores / steal_cores = cores that other "
+        "processes / the hypervisor kept busy (how disturbed the timing was); own_cores = cores this process "
+        "used; own_kernel_share = share of its CPU time spent in the kernel (page faults of freshly mapped "
+        "memory: glibc returns allocations above its mmap threshold to the OS on every free).",
         "memory (one process holds every variant): rss_load_mb = RSS growth when the backend loaded (its weights "
         "and session); rss_first_call_mb = RSS growth during its first model-only / end-to-end call (working "
         "memory; memory another variant freed may be reused, so this is a lower bound); rss_peak_mb = peak RSS of "
@@ -897,13 +900,18 @@ def _report(s: InferenceSettings, rows: list[Row], loaded: dict[tuple, _Loaded],
     }
 
 
-def _contention(row: Row) -> float | None:
-    """Average number of cores other processes kept busy while this row's timed calls ran."""
+def _cpu_figures(row: Row) -> dict[str, float | None]:
+    """Over this row's timed calls: cores other processes kept busy, cores the hypervisor stole, cores this
+    process used, and the share of its CPU time spent in the kernel."""
     import os
 
-    if row.foreign[1] <= 0:
-        return None
-    return row.foreign[0] / row.foreign[1] * (os.cpu_count() or 1)
+    c = row.cpu
+    if c["all"] <= 0:
+        return {"other_processes_cores": None, "steal_cores": None, "own_cores": None, "own_kernel_share": None}
+    n = os.cpu_count() or 1
+    own = c["self_user"] + c["self_kernel"]
+    return {"other_processes_cores": c["other"] / c["all"] * n, "steal_cores": c["steal"] / c["all"] * n,
+            "own_cores": own / c["all"] * n, "own_kernel_share": c["self_kernel"] / own if own > 0 else None}
 
 
 def _div(a: float | None, b: float | None) -> float | None:

@@ -24,6 +24,13 @@ def _f2(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
+def _cpu(c: dict[str, Any]) -> str:
+    others = (c.get("other_processes_cores") or 0) + (c.get("steal_cores") or 0)
+    if c.get("own_cores") is None:
+        return "-"
+    return f"{_f2(c.get('own_cores'))} ({_pct(c.get('own_kernel_share'), 0)}) / {others:.2f}"
+
+
 def _mb(x: float | None) -> str:
     return "-" if x is None else f"{x:.0f}"
 
@@ -72,7 +79,7 @@ def inference_markdown(report: dict[str, Any]) -> str:
         "same size and batch in the same run (mean ratio; median of per-round ratios in brackets).",
         "",
         "| backend | precision | input | batch | model-only ms | model x | end-to-end ms | e2e x | img/s (e2e) "
-        "| MiB load + 1st call (process peak) | labels = fp32 | mIoU | other procs (cores) |",
+        "| MiB load + 1st call (process peak) | labels = fp32 | mIoU | cores: own (kernel share) / others |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -97,7 +104,7 @@ def inference_markdown(report: dict[str, Any]) -> str:
             f"| {_x(re_.get('speedup'))} ({_x(re_.get('speedup_paired_median'))}) | {e2['throughput_ips']:.2f} "
             f"| {_mb(mem.get('rss_load_mb'))} + {_mb(mem.get('rss_first_call_mb'))} ({_mb(mem.get('rss_peak_mb'))}) "
             f"| {agree} | {miou} "
-            f"| {_f2((r.get('contention') or {}).get('other_processes_cores'))} |")
+            f"| {_cpu(r.get('cpu') or {})} |")
     acc_rows = [r for r in rows if r.get("accuracy")]
     if acc_rows:
         a0 = acc_rows[0]["accuracy"]

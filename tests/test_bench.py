@@ -55,6 +55,15 @@ def test_ratios_to_baseline():
     assert same["speedup"] == 1.0 and same["speedup_paired_median"] == 1.0 and same["mean_ms"] == 1.0
 
 
+def test_cpu_split_arithmetic():
+    from ifseg_deploy.bench.common import cpu_split
+
+    # all, busy (without steal), steal, own user, own kernel, unused
+    split = cpu_split((1000, 400, 10, 100, 50, 0), (1200, 550, 30, 180, 70, 0))
+    assert split == {"all": 200.0, "other": 50.0, "steal": 20.0, "self_user": 80.0, "self_kernel": 20.0}
+    assert cpu_split(None, (1, 2, 3, 4, 5, 0)) is None
+
+
 def test_list_parsing():
     assert parse_list("torch, onnxruntime,torch", ("torch", "onnxruntime"), "backend") == ["torch", "onnxruntime"]
     with pytest.raises(ValueError, match="unknown backend 'tensorflow'"):
@@ -117,7 +126,9 @@ def test_inference_json_has_every_figure(inference_run):
         assert r["memory"]["rss_peak_mb"] > 0 and r["memory"]["rss_first_call_mb"] is not None
         assert r["agreement"]["label_agreement"] is not None
         assert 0 <= r["accuracy"]["mIoU"] <= 1 and r["accuracy"]["images"] == 2
-        assert r["contention"]["other_processes_cores"] is None or r["contention"]["other_processes_cores"] >= 0
+        cpu = r["cpu"]
+        assert set(cpu) == {"other_processes_cores", "steal_cores", "own_cores", "own_kernel_share"}
+        assert all(v is None or v >= 0 for v in cpu.values())
     for base in _rows(report, baseline=True):
         assert (base["backend"], base["precision"]) == ("torch", "fp32")
         assert base["ratio"]["model"]["speedup"] == 1.0 and base["ratio"]["e2e"]["mean_ms"] == 1.0
