@@ -409,8 +409,10 @@ def skip_reason(backend: str, precision: str, device: str) -> str | None:
 class _Loaded:
     """A backend instance shared by the rows (sizes, batches) that use it."""
 
-    def __init__(self, backend: Any, load_s: float, rss_load: float | None, source: str) -> None:
+    def __init__(self, backend: Any, load_s: float, rss_load: float | None, source: str,
+                 rss_load_peak: float | None = None) -> None:
         self.backend, self.load_s, self.rss_load, self.source = backend, load_s, rss_load, source
+        self.rss_load_peak = rss_load_peak
 
 
 def _torch_fp16_backend(adapted: Any, device: str, refine: tuple[int, int]) -> Any:
@@ -658,6 +660,7 @@ def _load(row: Row, adapted: Any, device: str, threads: int, refinement: tuple[i
 
     gc.collect()
     before = rss_mb()
+    reset_ok = reset_peak_rss()
     t0 = time.perf_counter()
     if row.backend == "torch":
         from ifseg_deploy.runtime.torch_backend import TorchBackend
@@ -667,14 +670,21 @@ def _load(row: Row, adapted: Any, device: str, threads: int, refinement: tuple[i
         else:
             backend = _torch_fp16_backend(adapted, device, refinement)
     elif row.backend == "onnxruntime":
+        import onnxruntime as ort
+
         from ifseg_deploy.export.ort_backend import CPU_EP, OrtBackend
 
+        # Its pool's threads would otherwise spin for a while after every run and take the cores from the next
+        # variant (PyTorch's threads) in the interleaved rounds; with that off, each engine has the cores alone.
+        opts = ort.SessionOptions()
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        common = {"threads": threads, "session_options": opts}
         if row.precision == "fp16":
-            backend = OrtBackend.from_file(row.source, device="tensorrt", fp16=True, threads=threads)
+            backend = OrtBackend.from_file(row.source, device="tensorrt", fp16=True, **common)
         elif device == "cpu":
-            backend = OrtBackend.from_file(row.source, providers=[CPU_EP], threads=threads)
+            backend = OrtBackend.from_file(row.source, providers=[CPU_EP], **common)
         else:
-            backend = OrtBackend.from_file(row.source, device=device, threads=threads)
+            backend = OrtBackend.from_file(row.source, device=device, **common)
         if tuple(backend.refinement) != tuple(refinement):
             raise RuntimeError(f"{row.source} has refinement {backend.refinement}, the baseline {refinement}")
     elif row.backend == "tensorrt":
@@ -687,9 +697,10 @@ def _load(row: Row, adapted: Any, device: str, threads: int, refinement: tuple[i
         backend = TensorRTBackend.from_file(row.source, **opts)  # type: ignore[arg-type]
     else:
         raise ValueError(row.backend)
-    after = rss_mb()
+    after, peak = rss_mb(), peak_rss_mb()
     return _Loaded(backend, time.perf_counter() - t0,
-                   None if before is None or after is None else after - before, str(row.source))
+                   None if before is None or after is None else after - before, str(row.source),
+                   None if not reset_ok or before is None or peak is None else peak - before)
 
 
 def _time_call(fn: Callable[[], Any], on_gpu: bool, events: bool) -> tuple[float, float | None, float | None,
@@ -845,7 +856,8 @@ def _report(s: InferenceSettings, rows: list[Row], loaded: dict[tuple, _Loaded],
             d["calls_per_run"] = row.calls_per_run
             d["model"] = latency_stats(row.model_times, row.batch)
             d["e2e"] = latency_stats(row.e2e_times, row.batch)
-            d["memory"] = {"rss_load_mb": item.rss_load, "rss_first_call_mb": row.rss_first,
+            d["memory"] = {"rss_load_mb": item.rss_load, "rss_load_peak_mb": item.rss_load_peak,
+                           "rss_first_call_mb": row.rss_first,
                            "rss_peak_mb": row.rss_peak, "rss_call_mb": row.rss_call,
                            "device_peak_mb": row.device_peak}
             d["load_s"] = item.load_s
@@ -873,7 +885,8 @@ def _report(s: InferenceSettings, rows: list[Row], loaded: dict[tuple, _Loaded],
         "used; own_kernel_share = share of its CPU time spent in the kernel (page faults of freshly mapped "
         "memory: glibc returns allocations above its mmap threshold to the OS on every free).",
         "memory (one process holds every variant): rss_load_mb = RSS growth when the backend loaded (its weights "
-        "and session); rss_first_call_mb = RSS growth during its first model-only / end-to-end call (working "
+        "and session), rss_load_peak_mb = the peak above the RSS before loading, while it loaded (ONNX Runtime's "
+        "graph optimisations); rss_first_call_mb = RSS growth during its first model-only / end-to-end call (working "
         "memory; memory another variant freed may be reused, so this is a lower bound); rss_peak_mb = peak RSS of "
         "the whole process during a timed call; rss_call_mb = that peak minus the RSS before the call.",
     ]
@@ -888,7 +901,8 @@ def _report(s: InferenceSettings, rows: list[Row], loaded: dict[tuple, _Loaded],
         "command": s.command or " ".join(shlex.quote(a) for a in sys.argv),
         "machine": machine_info(),
         "settings": {
-            "device": device, "threads": threads, "ort_intra_op_threads": threads, "warmup": s.warmup,
+            "device": device, "threads": threads, "ort_intra_op_threads": threads, "ort_spinning": False,
+            "warmup": s.warmup,
             "iters": s.iters, "sizes": [list(x) for x in sizes], "batches": s.batches, "backends": s.backends,
             "precisions": s.precisions, "refinement": [3, 25] if s.refine else [1, 0],
             "calibration": exporter.calibration, "dataset": s.dataset, "limit": s.limit if s.dataset else None,

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .common import machine_info
+from .common import load_average, machine_info
 
 
 def _wrap(mode: str, result: dict[str, Any], settings: dict[str, Any], command: str | None) -> dict[str, Any]:
@@ -35,9 +35,10 @@ def run_adapt(preset: str = "tiny", classes: int = 150, batch: int = 4, steps: i
     if threads:
         torch.set_num_threads(int(threads))
     dev = None if device in (None, "auto") else device
+    load = load_average()
     result = run_benchmark(preset, classes, batch, steps, warmup, dev)
-    settings = {"device": result["device"], "threads": torch.get_num_threads(),
-                "ort_intra_op_threads": None, "warmup": warmup, "iters": steps}
+    settings = {"device": result["device"], "threads": torch.get_num_threads(), "warmup": warmup, "iters": steps,
+                "load_average_at_start": load}
     return _wrap("adapt", result, settings, command)
 
 
@@ -55,10 +56,15 @@ def run_kernel(batch: int = 4, classes: int = 150, iters: int = 100, warmup: int
     if threads:
         torch.set_num_threads(int(threads))
     dev = None if device in (None, "auto") else device
+    load = load_average()
     # torch.compile needs a C++ compiler on the CPU and minutes on 2 cores; keep it for the GPU.
     result = run_benchmark(batch, classes, iters=iters, warmup=warmup, device=dev,
                            compile_ref=torch.cuda.is_available())
-    settings = {"device": result["device"], "threads": torch.get_num_threads(), "warmup": warmup, "iters": iters}
+    settings = {"device": result["device"], "threads": torch.get_num_threads(), "warmup": warmup, "iters": iters,
+                "load_average_at_start": load}
+    tc = result["results"].get("torch.compile")
+    if tc is not None and tc.get("status") == "skipped: --no-compile":
+        tc["status"] = "skipped: measured on a GPU only (on a CPU it needs a C++ compiler and minutes)"
     return _wrap("kernel", result, settings, command)
 
 

@@ -60,6 +60,7 @@ def profile_ort(path: str | Path, pixels: np.ndarray, threads: int | None = None
         opts.enable_profiling = True
         opts.profile_file_prefix = str(Path(tmp) / "ort")
         opts.log_severity_level = 3
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the timed sessions
         if threads:
             opts.intra_op_num_threads = int(threads)
         sess = ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])

@@ -52,9 +52,10 @@ def header_lines(report: dict[str, Any]) -> list[str]:
         f"nvidia-modelopt {m.get('modelopt') or '-'}, tensorrt {m.get('tensorrt') or '-'}",
     ]
     if "refinement" in st:
+        spin = "" if "ort_spinning" not in st else f" (spinning {'on' if st['ort_spinning'] else 'off'})"
         lines.append(f"- device {st['device']}; threads: torch {st['threads']}, onnxruntime intra-op "
-                     f"{st['ort_intra_op_threads']}; {st['warmup']} warm-up + {st['iters']} timed rounds, interleaved; "
-                     f"kNN refinement k={st['refinement'][0]} x{st['refinement'][1]}")
+                     f"{st['ort_intra_op_threads']}{spin}; {st['warmup']} warm-up + {st['iters']} timed rounds, "
+                     f"interleaved; kNN refinement k={st['refinement'][0]} x{st['refinement'][1]}")
     elif "threads" in st:
         lines.append(f"- device {st['device']}; torch threads {st['threads']}; {st['warmup']} warm-up + "
                      f"{st['iters']} timed iterations")

@@ -79,7 +79,7 @@ def _sizes(ctx: click.Context, param: click.Parameter, value: str | None):
               help="Model input sizes. [default: the given .onnx files' fixed sizes, else the model's short side "
                    "squared (512x512 for OFA presets)]")
 @click.option("--batch", "batches", callback=_ints, default="1", show_default=True, metavar="N[,N...]",
-              help="Batch sizes (inference); the first one for --mode adapt / kernel.")
+              help="Batch sizes (inference); the first one for --mode adapt / kernel [default there: 4].")
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
               help="Untimed rounds first. [adapt: 2 steps; kernel: 10 calls]")
 @click.option("--iters", type=click.IntRange(min=1), default=20, show_default=True,
@@ -138,6 +138,8 @@ def bench(mode: str, models: tuple[str, ...], preset: str | None, bpe_dir: str |
             warmup = 2 if mode == "adapt" else 10
         if ctx.get_parameter_source("iters") == click.core.ParameterSource.DEFAULT:
             iters = 10 if mode == "adapt" else 100
+        if ctx.get_parameter_source("batches") == click.core.ParameterSource.DEFAULT:
+            batches = [4]
     if mode == "adapt":
         if models:
             raise click.UsageError("--mode adapt measures a random-weight model: give --preset, not --model")
