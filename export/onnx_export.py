@@ -7,12 +7,12 @@ through ``torch.onnx.export(dynamo=True)`` (``torch.export``; the TorchScript ex
 tracing bakes grid sizes into slice bounds), then onnxslim, ``onnx.checker``, the metadata, and a parity
 check with ONNX Runtime against PyTorch. The file appears at its path only when all of that passed.
 
-Shapes. A fixed-size export is the eager model, traced at one size. A dynamic export traces the model inside
-:func:`~ifseg_deploy.modeling.position.shape_agnostic`: position tables and relative biases are resized in
-the graph for every grid, and the encoder's choice between looking image positions up (grids of at most
-32 x 32 cells that fit the 42 x 42 bucket table, as the official code does) and resizing the 32 x 32 block is
-a ``Where`` evaluated at run time. The dynamic graph therefore computes the same function as the eager model
-for every input size, not an approximation of it (the tests check sizes on both sides of the rule).
+Shapes. A fixed-size export is the eager model, traced at one size. A dynamic export traces a copy of the model in
+its shape-agnostic mode (:meth:`~ifseg_deploy.modeling.segofa.SegOFA.set_shape_agnostic`): position tables and
+relative biases are resized in the graph for every grid, and the encoder's choice between looking image positions
+up (grids of at most 32 x 32 cells that fit the 42 x 42 bucket table, as the official code does) and resizing the
+32 x 32 block is a ``Where`` evaluated at run time. The dynamic graph therefore computes the same function as the
+eager model for every input size, not an approximation of it (the tests check sizes on both sides of the rule).
 """
 
 from __future__ import annotations
@@ -62,20 +62,21 @@ def _echo(msg: str) -> None:
     log.info(msg)
 
 
-def build_graph(adapted: Any, refine: bool = True, labels: bool = False) -> Any:
-    """The export-only wrapper around the adapted model (fp32, eval mode, CPU)."""
+def build_graph(adapted: Any, refine: bool = True, labels: bool = False, shape_agnostic: bool = False) -> Any:
+    """The export-only wrapper around a copy of the adapted model (fp32, eval mode, CPU); the caller's model is
+    left as it was."""
+    import copy
+
     from ifseg_deploy.runtime.graph import InferenceGraph
 
     k, iters = PAPER_REFINEMENT if refine else (1, 0)
-    model = adapted.model.float().cpu().eval()
-    return InferenceGraph(model, k, iters, labels_at_input=labels).eval()
+    model = copy.deepcopy(adapted.model).float().cpu().eval()
+    return InferenceGraph(model, k, iters, labels_at_input=labels, shape_agnostic=shape_agnostic).eval()
 
 
 def trace_to_onnx(graph: Any, spec: InputSpec, path: Path, opset: int = DEFAULT_OPSET) -> None:
     """``torch.onnx.export(dynamo=True)`` with the dynamic dimensions of ``spec`` (batch, height, width)."""
     import torch
-
-    from ifseg_deploy.modeling.position import shape_agnostic
 
     # torch.export specialises a dimension whose example is 1, so a dynamic batch is traced with 2.
     batch = 2 if spec.max_batch >= 2 else 1
@@ -90,8 +91,7 @@ def trace_to_onnx(graph: Any, spec: InputSpec, path: Path, opset: int = DEFAULT_
     if dyn_w:
         dims[3] = torch.export.Dim("width", min=spec.min_size[1], max=spec.max_size[1])
     outputs = [PROBS_NAME, LABELS_NAME] if graph.labels_at_input else [PROBS_NAME]
-    mode = shape_agnostic() if (dyn_h or dyn_w) else contextlib.nullcontext()
-    with mode, warnings.catch_warnings(), _quiet_exporter():
+    with warnings.catch_warnings(), _quiet_exporter():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(graph, (example,), dynamo=True, opset_version=opset,
                                     input_names=[INPUT_NAME], output_names=outputs,
@@ -176,7 +176,7 @@ def export_onnx(adapted: Any, out: str | Path, spec: InputSpec, *, refine: bool 
     if opset < MIN_OPSET:
         raise ExportError(f"opset {opset} is too old: opset >= {MIN_OPSET} exports LayerNormalization as one op, "
                           "which TensorRT keeps in fp32")
-    graph = build_graph(adapted, refine, labels)
+    graph = build_graph(adapted, refine, labels, shape_agnostic=spec.is_dynamic)
     spec.validate(min_cells=graph.refine_k)
     if model_bytes(graph) > MAX_SINGLE_FILE_BYTES:
         raise ExportError(f"the model has {model_bytes(graph) / 2**30:.1f} GiB of weights; a single .onnx file "

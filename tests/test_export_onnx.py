@@ -103,16 +103,19 @@ def test_the_two_position_paths_differ_so_the_dynamic_test_can_tell_them_apart(m
 
 
 def test_shape_agnostic_tracing_mode_keeps_eager_numerics_bit_exact():
-    from ifseg_deploy.modeling.position import shape_agnostic
+    import copy
+
     from ifseg_deploy.runtime.graph import InferenceGraph
 
-    graph = InferenceGraph(load_adapted().model.eval(), 3, 25).eval()
+    model = load_adapted().model.eval()
+    graph = InferenceGraph(model, 3, 25).eval()
+    agnostic_graph = InferenceGraph(copy.deepcopy(model), 3, 25, shape_agnostic=True).eval()
+    assert agnostic_graph.model.encoder.shape_agnostic and not model.encoder.shape_agnostic
     for hw in [(64, 96), (512, 512), (528, 528), (96, 700)]:
         x = torch.from_numpy(_pixels((1, 3, *hw), seed=hw[0]))
         with torch.no_grad():
             plain = graph(x)
-            with shape_agnostic():
-                agnostic = graph(x)
+            agnostic = agnostic_graph(x)
         assert torch.equal(plain, agnostic), hw
 
 

@@ -18,6 +18,9 @@ from .position import relative_bias_on_grid, resize_grid
 
 
 class SurrogateDecoder(nn.Module):
+    #: See :attr:`OFAEncoder.shape_agnostic`.
+    shape_agnostic: bool = False
+
     def __init__(self, cfg: OFAConfig, num_classes: int) -> None:
         super().__init__()
         d, heads, eps, s = cfg.d_model, cfg.heads, cfg.layer_norm_eps, cfg.seg_bucket_size
@@ -48,7 +51,8 @@ class SurrogateDecoder(nn.Module):
         """(1 + h*w, d) decoder positions: BOS row 0, then the seg grid resized to ``grid``."""
         s = self.cfg.seg_bucket_size
         table = self.embed_seg_positions.weight
-        cells = resize_grid(table[1:].reshape(s, s, -1).permute(2, 0, 1), grid).flatten(1).transpose(0, 1)
+        block = table[1:].reshape(s, s, -1).permute(2, 0, 1)
+        cells = resize_grid(block, grid, always_resize=self.shape_agnostic).flatten(1).transpose(0, 1)
         return torch.cat([table[:1], cells], dim=0)
 
     def seg_rel_bias(self, idx: int, grid: tuple[int, int]) -> Tensor:
@@ -56,7 +60,7 @@ class SurrogateDecoder(nn.Module):
         s = self.cfg.seg_bucket_size
         table = self.seg_rel_pos_table_list[idx].weight
         n = (2 * s - 1) ** 2
-        cells = relative_bias_on_grid(table, s, grid, s)  # (H, N, N)
+        cells = relative_bias_on_grid(table, s, grid, s, always_resize=self.shape_agnostic)  # (H, N, N)
         heads, m = cells.shape[0], cells.shape[1]
         # BOS row, BOS column and BOS-BOS use the three rows after the offsets (official bucket order); they are
         # constant along the grid, so resizing them changes nothing.

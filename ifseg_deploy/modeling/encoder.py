@@ -9,12 +9,7 @@ from torch import Tensor, nn
 
 from ..presets import OFAConfig
 from .layers import EncoderLayer
-from .position import (
-    relative_bias_on_grid,
-    resize_grid,
-    shape_agnostic_enabled,
-    token_bucket_index,
-)
+from .position import relative_bias_on_grid, resize_grid, token_bucket_index
 from .resnet import ResNetStages
 
 PAD_ID = 1
@@ -36,6 +31,11 @@ def absolute_bias(pos_q: nn.Linear, pos_k: nn.Linear, q_pos: Tensor, k_pos: Tens
 
 
 class OFAEncoder(nn.Module):
+    #: Trace one graph for every grid size (dynamic-shape export): position tables and relative biases always go
+    #: through their resize (the identity at the pre-training size) and the image-position rule is a tensor
+    #: ``where``. Same values either way; set on the export copy of the model, never globally.
+    shape_agnostic: bool = False
+
     def __init__(self, cfg: OFAConfig) -> None:
         super().__init__()
         d, heads, eps = cfg.d_model, cfg.heads, cfg.layer_norm_eps
@@ -86,7 +86,7 @@ class OFAEncoder(nn.Module):
         h, w = grid
         g, b = self.cfg.orig_patch_grid, self.cfg.image_bucket_size
         table = self.embed_image_positions.weight
-        if shape_agnostic_enabled():
+        if self.shape_agnostic:
             return self._image_positions_in_graph(grid)
         if h * w <= g * g and h <= b and w <= b:
             ids = (torch.arange(h, device=table.device)[:, None] * b + torch.arange(w, device=table.device) + 1)
@@ -109,7 +109,7 @@ class OFAEncoder(nn.Module):
         ids = (rows[:, None] * b + cols + 1).clamp(max=table.shape[0] - 1)
         direct = table[ids.flatten()]
         block_ids = torch.arange(g, device=dev)[:, None] * b + torch.arange(g, device=dev) + 1
-        resized = resize_grid(table[block_ids].permute(2, 0, 1), (h, w)).flatten(1).transpose(0, 1)
+        resized = resize_grid(table[block_ids].permute(2, 0, 1), (h, w), always_resize=True).flatten(1).transpose(0, 1)
         # h and w as graph values (not Python ints), so the condition is evaluated per input at run time.
         h_t, w_t = rows.max() + 1, cols.max() + 1
         lookup = (h_t * w_t <= g * g) & (h_t <= b) & (w_t <= b)
@@ -119,7 +119,8 @@ class OFAEncoder(nn.Module):
     def image_rel_bias(self, idx: int, grid: tuple[int, int]) -> Tensor:
         """(H, N, N) 2-D relative bias, computed on the pre-training grid and resized to ``grid``."""
         table = self.image_rel_pos_table_list[idx].weight
-        return relative_bias_on_grid(table, self.cfg.orig_patch_grid, grid, self.cfg.image_bucket_size)
+        return relative_bias_on_grid(table, self.cfg.orig_patch_grid, grid, self.cfg.image_bucket_size,
+                                     always_resize=self.shape_agnostic)
 
     def text_rel_bias(self, idx: int, length: int, device: torch.device) -> Tensor:
         index = token_bucket_index(length, self.cfg.token_bucket_size, self.cfg.max_source_positions, device)

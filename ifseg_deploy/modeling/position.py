@@ -8,9 +8,7 @@ official code resizes tables and biases bilinearly; the helpers below do the sam
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -77,10 +75,15 @@ def grid_offsets(table: Tensor, h: int, w: int, bucket_size: int) -> Tensor:
     return offsets[b - h: b + h - 1, b - w: b + w - 1]
 
 
-def relative_bias_on_grid(table: Tensor, src: int, dst: tuple[int, int], bucket_size: int) -> Tensor:
-    """(H, N, N) bias of the src x src pre-training grid, resized to ``dst`` when it differs (§1.4)."""
+def relative_bias_on_grid(table: Tensor, src: int, dst: tuple[int, int], bucket_size: int,
+                          always_resize: bool = False) -> Tensor:
+    """(H, N, N) bias of the src x src pre-training grid, resized to ``dst`` when it differs (§1.4).
+
+    ``always_resize`` takes the resize path for every ``dst`` (a resize to the same size is the identity), so
+    that a dynamic-shape export traces one graph for all grids instead of a Python branch on the grid size.
+    """
     offsets = grid_offsets(table, src, src, bucket_size)
-    if not _SHAPE_AGNOSTIC and tuple(dst) == (src, src):
+    if not always_resize and tuple(dst) == (src, src):
         return toeplitz_2d(offsets, src, src)
     return resized_relative_bias(offsets, src, dst)
 
@@ -95,9 +98,10 @@ def interpolation_matrix(n_in: int, n_out: int, like: Tensor) -> Tensor:
 def resized_relative_bias(offsets: Tensor, src: int, dst: tuple[int, int]) -> Tensor:
     """The (H, q, k) relative bias of a src x src grid, bilinearly resized in the key and the query dims to dst.
 
-    ``offsets`` is (2*src-1, 2*src-1, H) indexed by (dr + src - 1, dc + src - 1). Equal to
-    ``resize_pair_bias(toeplitz_2d(offsets, src, src), (src, src), dst)``, but applies the separable resize to
-    the Toeplitz structure row axis first, so the src^4 bias is never materialised.
+    ``offsets`` is (2*src-1, 2*src-1, H) indexed by (dr + src - 1, dc + src - 1). Equal to resizing
+    ``toeplitz_2d(offsets, src, src)`` over its key cells and then its query cells (the official two-step
+    resize), but applies the separable resize to the Toeplitz structure row axis first, so the src^4 bias is
+    never materialised.
     """
     h, w = dst
     heads = offsets.shape[-1]
@@ -126,50 +130,11 @@ def seg_relative_index(bucket_size: int, device: torch.device | None = None) -> 
     return index
 
 
-_SHAPE_AGNOSTIC = False
-
-
-@contextlib.contextmanager
-def shape_agnostic() -> Iterator[None]:
-    """Trace every grid with one graph (dynamic-shape ONNX export): no Python branch on the grid size.
-
-    Inside, :func:`resize_grid` and :func:`resize_pair_bias` always resize (a bilinear resize to the same size
-    with ``align_corners=False`` samples each cell at weight 1, so the values are unchanged), and the encoder
-    selects its image-position path in the graph instead of in Python. Eager results are the same either way;
-    outside an export nothing changes.
-    """
-    global _SHAPE_AGNOSTIC
-    previous, _SHAPE_AGNOSTIC = _SHAPE_AGNOSTIC, True
-    try:
-        yield
-    finally:
-        _SHAPE_AGNOSTIC = previous
-
-
-def shape_agnostic_enabled() -> bool:
-    return _SHAPE_AGNOSTIC
-
-
-def resize_grid(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear resize (align_corners=False) of the last two dims; exact identity when the size is unchanged."""
-    if not _SHAPE_AGNOSTIC and tuple(x.shape[-2:]) == tuple(size):
+def resize_grid(x: Tensor, size: tuple[int, int], always_resize: bool = False) -> Tensor:
+    """Bilinear resize (align_corners=False) of the last two dims; exact identity when the size is unchanged
+    (``always_resize`` runs the resize anyway, for a shape-agnostic trace: same values)."""
+    if not always_resize and tuple(x.shape[-2:]) == tuple(size):
         return x
     lead = x.shape[:-2]
     out = F.interpolate(x.reshape(-1, 1, *x.shape[-2:]), size=size, mode="bilinear", align_corners=False)
     return out.reshape(*lead, *size)
-
-
-def resize_pair_bias(bias: Tensor, src: tuple[int, int], dst: tuple[int, int]) -> Tensor:
-    """Resize a (H, q, k) bias over a src grid to a dst grid, in the key dims and then the query dims.
-
-    ``q`` and ``k`` are raster-ordered grid cells. Bilinear resizing is separable and linear, so this equals the
-    official two-step rearrange/interpolate sequence.
-    """
-    if not _SHAPE_AGNOSTIC and src == dst:
-        return bias
-    heads = bias.shape[0]
-    b = bias.reshape(heads, src[0] * src[1], *src)
-    b = resize_grid(b, dst)  # keys
-    b = b.reshape(heads, *src, dst[0] * dst[1]).permute(0, 3, 1, 2)
-    b = resize_grid(b, dst)  # queries
-    return b.reshape(heads, dst[0] * dst[1], dst[0] * dst[1]).transpose(1, 2)

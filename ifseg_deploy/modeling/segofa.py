@@ -52,6 +52,11 @@ class SegOFA(nn.Module):
             self.src_tokens = torch.empty_like(saved, device=self.src_tokens.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def set_shape_agnostic(self, enabled: bool = True) -> SegOFA:
+        """Trace-friendly mode for a dynamic-shape export (see :attr:`OFAEncoder.shape_agnostic`)."""
+        self.encoder.shape_agnostic = self.decoder.shape_agnostic = enabled
+        return self
+
     @property
     def num_classes(self) -> int:
         return self.decoder.seg_embed_tokens.num_embeddings

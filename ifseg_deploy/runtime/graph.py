@@ -6,7 +6,6 @@ so the exported model needs nothing but pixels.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -19,12 +18,14 @@ class InferenceGraph(nn.Module):
 
     With ``refine_k`` > 1 the paper's kNN refinement runs on the raw ResNet features; ``labels_at_input=True``
     adds the bilinear upsampling to (H, W) and the argmax, returning int64 labels (B, H, W) as a second output.
+    ``shape_agnostic=True`` puts ``model`` in its trace-friendly mode (:meth:`SegOFA.set_shape_agnostic`), for a
+    dynamic-shape export; give it a copy of the model that only the export uses.
     """
 
     def __init__(self, model: SegOFA, refine_k: int = 3, refine_iters: int = 25,
-                 labels_at_input: bool = False) -> None:
+                 labels_at_input: bool = False, shape_agnostic: bool = False) -> None:
         super().__init__()
-        self.model = model
+        self.model = model.set_shape_agnostic(shape_agnostic) if shape_agnostic else model
         self.refine_k = refine_k
         self.refine_iters = refine_iters
         self.labels_at_input = labels_at_input
@@ -39,9 +40,3 @@ class InferenceGraph(nn.Module):
             return probs
         up = F.interpolate(probs, size=pixels.shape[-2:], mode="bilinear", align_corners=False)
         return probs, up.argmax(dim=1)
-
-
-@torch.no_grad()
-def predict_probs(model: SegOFA, pixels: Tensor, refine_k: int = 3, refine_iters: int = 25) -> Tensor:
-    """Convenience wrapper: probabilities at 1/16 scale for a batch of normalised images."""
-    return InferenceGraph(model, refine_k, refine_iters).eval()(pixels)
