@@ -20,7 +20,6 @@ byte by byte: keep to the world's names there, or give the BPE files).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -47,36 +46,11 @@ def default_categories(with_bpe: bool) -> list[str]:
     return list(DEFAULT_CATEGORIES)
 
 
-def randomize_weights_(model: torch.nn.Module, seed: int = 0) -> None:
-    """Seeded random values for every float parameter and buffer (in place), scaled per tensor kind."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-            if not t.is_floating_point():
-                continue
-            leaf = name.rsplit(".", 1)[-1]
-            if "running_var" in name:
-                t.copy_(0.5 + torch.rand(t.shape, generator=g))
-            elif "running_mean" in name:
-                t.copy_(0.1 * torch.randn(t.shape, generator=g))
-            elif "rel_pos_table" in name:
-                t.copy_(torch.randn(t.shape, generator=g) * 0.5)
-            elif t.dim() == 1 and leaf in ("weight", "c_attn"):  # norm scales, per-head output scales
-                t.copy_(1 + 0.1 * torch.randn(t.shape, generator=g))
-            elif t.dim() == 1:
-                t.copy_(0.1 * torch.randn(t.shape, generator=g))
-            else:
-                fan_in = math.prod(t.shape[1:])
-                scale = 1.0 if ("embed" in name or "resnet" in name) else 2.0
-                if name == "encoder.embed_tokens.weight":
-                    scale = 8.0
-                t.copy_(torch.randn(t.shape, generator=g) * (scale / math.sqrt(fan_in)))
-
-
 def random_adapted_model(preset: Any, categories: Sequence[str] | None = None, bpe_dir: str | Path | None = None,
                          seed: int = 0) -> Any:
     """An :class:`~ifseg_deploy.pretrained.AdaptedModel` of ``preset`` (a preset name or an
     :class:`~ifseg_deploy.presets.OFAConfig`) with random weights (see the module doc)."""
+    from ifseg_deploy.modeling.init import SPEED_PROFILE, random_init_
     from ifseg_deploy.modeling.segofa import SegOFA
     from ifseg_deploy.presets import get_preset
     from ifseg_deploy.pretrained import AdaptedModel
@@ -93,7 +67,7 @@ def random_adapted_model(preset: Any, categories: Sequence[str] | None = None, b
     arch = base.replace(vocab_rows=tokenizer.num_embeddings)
     torch.manual_seed(seed)
     model = SegOFA(arch, num_classes=len(names))
-    randomize_weights_(model, seed)
+    random_init_(model, seed, SPEED_PROFILE)
     model.set_prompt(tokenizer.prompt_ids(names), tokenizer.name_tokens(names))
     model.eval()
     meta = {"source_checkpoint": None, "random_weights": {"preset": base.name, "seed": seed,

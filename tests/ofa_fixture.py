@@ -8,12 +8,12 @@ tables N(0, 0.5), per-head scales 1 + 0.2 N), so a wrong formula cannot hide beh
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import torch
 
 from ifseg_deploy.checkpoints.hf_keys import fairseq_to_hf_names
+from ifseg_deploy.modeling.init import TEST_PROFILE, random_init_
 from ifseg_deploy.modeling.position import grid_relative_index, token_bucket_index
 from ifseg_deploy.modeling.segofa import SegOFA
 from ifseg_deploy.presets import OFAConfig
@@ -27,25 +27,7 @@ def tiny_config(vocab_rows: int, **overrides) -> OFAConfig:
 
 def randomize_(model: torch.nn.Module, seed: int = 0) -> None:
     """Fill every float parameter and buffer with non-trivial random values (in place)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-            if not t.is_floating_point():
-                continue
-            leaf = name.rsplit(".", 1)[-1]
-            if "running_var" in name:
-                t.copy_(0.5 + torch.rand(t.shape, generator=g))
-            elif "rel_pos_table" in name:
-                t.copy_(torch.randn(t.shape, generator=g) * 0.5)
-            elif leaf == "c_attn":
-                t.copy_(1 + 0.2 * torch.randn(t.shape, generator=g))
-            elif t.dim() == 1 and leaf == "weight":  # LayerNorm / BN scale
-                t.copy_(1 + 0.1 * torch.randn(t.shape, generator=g))
-            elif t.dim() == 1:
-                t.copy_(0.1 * torch.randn(t.shape, generator=g))
-            else:
-                fan_in = math.prod(t.shape[1:])
-                t.copy_(torch.randn(t.shape, generator=g) / math.sqrt(fan_in))
+    random_init_(model, seed, TEST_PROFILE)
 
 
 def _official_image_bucket(bucket: int) -> torch.Tensor:

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..modeling.init import random_init_, untrained_profile
 from ..modeling.segofa import SegOFA
 from ..presets import OFAConfig
 from .vocab import name_tokens, world_tokenizer, write_bpe_files
@@ -65,7 +66,7 @@ class WorldRecipe:
     encoder_layers: int = 2
     decoder_layers: int = 2
     resnet_width: int = 16
-    transformer_gain: float = 2.0  # scale of the untrained transformer's random weights (see _init_untrained_)
+    transformer_gain: float = 2.0  # scale of the untrained transformer's random weights (see _build)
     # Training of the image side.
     steps: int = 700
     batch_size: int = 16
@@ -106,42 +107,6 @@ def world_config(recipe: WorldRecipe | None = None) -> OFAConfig:
     return OFAConfig("custom", d_model=r.d_model, ffn_dim=r.ffn_dim, heads=r.heads, encoder_layers=r.encoder_layers,
                      decoder_layers=r.decoder_layers, resnet_type="resnet-mini", resnet_width=r.resnet_width,
                      vocab_rows=world_tokenizer().num_embeddings)
-
-
-# ---- initialisation ---------------------------------------------------------------------------------------------
-
-def _init_untrained_(model: SegOFA, g: torch.Generator, gain: float) -> None:
-    """Random weights for everything: token table N(0, 1/d) (unit-norm rows; fairseq zeroes the pad row),
-    ResNet convs He-normal, transformer Linear/Embedding weights N(0, gain^2 / fan_in), LayerNorm gains 1,
-    biases 0, relative-position tables 0 and per-head scales 1 (as OFA initialises them).
-
-    ``gain`` 2 makes the untrained transformer scramble its input. With BERT's N(0, 0.02) the residual stream
-    carries each image token almost unchanged to the tied class head, so the "unadapted" model already
-    segments (measured mIoU 0.27-0.59 over 4 seeds); with gain 1 that leak still reached 0.19 on one seed of 4.
-    """
-    d = model.cfg.d_model
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            leaf = name.rsplit(".", 1)[-1]
-            if name == "encoder.embed_tokens.weight":
-                p.copy_(torch.randn(p.shape, generator=g) * d**-0.5)
-                p[1].zero_()
-            elif "rel_pos_table" in name:
-                p.zero_()
-            elif leaf == "c_attn":
-                p.fill_(1.0)
-            elif p.dim() == 4:  # ResNet convs, no batch statistics to lean on: keep activations O(1)
-                fan_in = p[0].numel()
-                p.copy_(torch.randn(p.shape, generator=g) * math.sqrt(2.0 / fan_in))
-            elif p.dim() == 1:
-                p.fill_(1.0 if leaf == "weight" and _is_norm(model, name) else 0.0)
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) * (gain / math.sqrt(p.shape[-1])))
-
-
-def _is_norm(model: nn.Module, name: str) -> bool:
-    module = model.get_submodule(name.rsplit(".", 1)[0])
-    return isinstance(module, nn.LayerNorm)
 
 
 # ---- training of the image side ---------------------------------------------------------------------------------
@@ -257,11 +222,14 @@ def build_world_model(recipe: WorldRecipe | None = None, progress: bool = True,
 
 def _build(recipe: WorldRecipe, progress: bool) -> tuple[SegOFA, dict]:
     cfg = world_config(recipe)
-    g = torch.Generator().manual_seed(recipe.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
         model = SegOFA(cfg, num_classes=len(recipe.categories))
-    _init_untrained_(model, g, recipe.transformer_gain)
+    # ``transformer_gain`` 2 makes the untrained transformer scramble its input. With BERT's N(0, 0.02) the
+    # residual stream carries each image token almost unchanged to the tied class head, so the "unadapted" model
+    # already segments (measured mIoU 0.27-0.59 over 4 seeds); with gain 1 that leak still reached 0.19 on one
+    # seed of 4.
+    random_init_(model, recipe.seed, untrained_profile(recipe.transformer_gain))
     tok = world_tokenizer()
     model.set_prompt(tok.prompt_ids(recipe.categories), tok.name_tokens(recipe.categories))
     start = time.perf_counter()
