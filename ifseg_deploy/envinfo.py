@@ -260,7 +260,9 @@ def preset_info(with_params: bool = True) -> dict[str, Any]:
         row["approx_params"] = None
         if with_params:
             try:
-                row["approx_params"] = int(cfg.approx_params())
+                from ifseg_deploy.modeling.segofa import parameter_count
+
+                row["approx_params"] = parameter_count(cfg)
             except Exception as exc:
                 row["approx_params_error"] = _short(exc, 120)
         presets[name] = row

@@ -74,16 +74,6 @@ class OFAConfig:
             raise ValueError(f"unknown architecture fields {sorted(unknown)}")
         return cls(**d)
 
-    def approx_params(self) -> int:
-        """Parameter count of the SegOFA model built from this config (without the class table)."""
-        import torch
-
-        from .modeling.segofa import SegOFA
-
-        with torch.device("meta"):
-            model = SegOFA(self, num_classes=1)
-        return sum(p.numel() for p in model.parameters()) - self.d_model
-
 
 PRESETS: dict[str, OFAConfig] = {
     c.name: c

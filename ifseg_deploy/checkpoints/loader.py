@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..modeling.segofa import SegOFA
 from ..presets import OFA_ENGLISH_VOCAB_ROWS, OFAConfig
@@ -165,7 +165,3 @@ def load_ofa(checkpoint: str | Path, categories: Sequence[str], *, bpe_dir: str 
     _check_vocab(cfg.vocab_rows, tokenizer, str(path), vocab_source)
     model, report = state_dict_into_model(state, cfg, name_tokens, src_tokens, str(path), layout, seed)
     return model, tokenizer, report
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())

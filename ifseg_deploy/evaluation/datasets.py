@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from ..runtime.images import IMAGE_EXTENSIONS, load_image, open_image
 from .classnames import (
@@ -228,8 +227,3 @@ def folder(root: str | Path | None) -> SegDataset:
     masks = _first_dir([r / "masks"], "masks/")
     lut = _lut(65536, {**{k: k for k in range(len(classes))}, IGNORE: IGNORE})
     return SegDataset("folder", classes, _pair(images, masks, (".png",), "folder"), {".png": lut}, r)
-
-
-def mask_image(ids: np.ndarray) -> Image.Image:
-    """(H, W) ids (255 = ignore) as an 8-bit PNG image for the folder layout."""
-    return Image.fromarray(np.asarray(ids, dtype=np.uint8))

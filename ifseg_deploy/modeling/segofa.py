@@ -125,3 +125,11 @@ class SegOFA(nn.Module):
                         embedded: bool = False) -> Tensor:
         """(B, h, w, d) word-map embeddings (class-table rows per cell) -> fp32 class logits (B, M, h, w)."""
         return self.run_tokens(wordmap, src_tokens, embedded=embedded).logits
+
+
+def parameter_count(cfg: OFAConfig) -> int:
+    """Parameters of the SegOFA model built from ``cfg``, without the class table (built on the meta device:
+    no memory is used)."""
+    with torch.device("meta"):
+        model = SegOFA(cfg, num_classes=1)
+    return sum(p.numel() for p in model.parameters()) - cfg.d_model
