@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from ifseg_deploy.refine import PAPER_REFINEMENT
+
 from .spec import InputSpec, SpecError
 
 FORMAT = "ifseg-deploy/onnx"
@@ -35,7 +37,7 @@ class ModelInfo:
     preprocessing: dict[str, Any]
     input: InputSpec
     precision: str = "fp32"
-    refinement: tuple[int, int] = (3, 25)  # (k, iterations); (1, 0) = none
+    refinement: tuple[int, int] = PAPER_REFINEMENT  # (k, iterations); (1, 0) = none
     outputs: list[str] = field(default_factory=lambda: [PROBS_NAME])
     opset: int = 18
     package_version: str = ""

@@ -39,7 +39,6 @@ MIN_OPSET = 17
 DEFAULT_OPSET = 18
 #: protobuf cannot serialise a single file above 2 GiB.
 MAX_SINGLE_FILE_BYTES = 2**31 - 2**20
-PAPER_REFINEMENT = (3, 25)
 #: Constant folding stops at this size. The relative position biases are computed from small tables into one
 #: (heads, cells, cells) tensor per layer; folded, they would store ~1 GB of constants for OFA-Base at
 #: 512 x 683 (past the 2 GiB file limit for larger models). Left unfolded, runtimes fold what they choose at
@@ -67,9 +66,10 @@ def build_graph(adapted: Any, refine: bool = True, labels: bool = False, shape_a
     left as it was."""
     import copy
 
+    from ifseg_deploy.refine import NO_REFINEMENT, PAPER_REFINEMENT
     from ifseg_deploy.runtime.graph import InferenceGraph
 
-    k, iters = PAPER_REFINEMENT if refine else (1, 0)
+    k, iters = PAPER_REFINEMENT if refine else NO_REFINEMENT
     model = copy.deepcopy(adapted.model).float().cpu().eval()
     return InferenceGraph(model, k, iters, labels_at_input=labels, shape_agnostic=shape_agnostic).eval()
 

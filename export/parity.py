@@ -42,7 +42,7 @@ class ParityReport:
     shapes: list[list[int]]
     data: str = ""
     #: cells whose refined value depends on how exact ties in the kNN search are broken (see
-    #: :func:`refine_lowest_index_first`), and the label agreement over all cells, ties included
+    #: :func:`ifseg_deploy.refine.tie_dependent_cells`), and the label agreement over all cells, ties included
     tie_cells: int = 0
     agreement_all: float | None = None
     #: mIoU of reference and candidate on a labelled set, when one was given
@@ -126,64 +126,9 @@ def check(report: ParityReport, min_agreement: float, max_miou_drop: float | Non
     return report
 
 
-#: Similarities closer than this count as tied: engines sum the dot products in different orders, so two
-#: values this close may come out in either order (float32 over ~1000 feature channels).
-TIE_TOLERANCE = 1e-5
-
-
-def _similarity(features: Any) -> Any:
-    """Cosine similarities of the cells, diagonal lifted by 2, exactly as ``runtime/refine.py`` computes them."""
-    import torch
-    import torch.nn.functional as F
-
-    f = F.normalize(features.flatten(2).float(), dim=1)
-    n = f.shape[-1]
-    return f.transpose(1, 2) @ f + 2.0 * torch.eye(n, dtype=torch.float32)
-
-
-def refine_lowest_index_first(probs: Any, sim: Any, k: int, iterations: int) -> Any:
-    """The paper's kNN refinement (Eq. 18) given the similarities, ties taken lowest index first (ONNX TopK's
-    documented order; a stable sort)."""
-    import torch
-
-    b, m, h, w = probs.shape
-    n = h * w
-    nbrs = torch.sort(sim, dim=-1, descending=True, stable=True).indices[..., : min(k, n)]  # (B, n, k)
-    p = probs.flatten(2).transpose(1, 2)  # (B, n, M)
-    for _ in range(iterations):
-        p = torch.stack([p[i][nbrs[i]].mean(dim=1) for i in range(b)])
-    return p.transpose(1, 2).reshape(b, m, h, w)
-
-
-def tie_dependent_cells(sim: Any, k: int, iterations: int, tolerance: float = TIE_TOLERANCE) -> np.ndarray:
-    """(B, n) cells whose refined value may depend on how (near-)ties in the neighbour search are broken.
-
-    Photos have exact ties (a flat, saturated region gives identical features), and ``torch.topk``, ONNX
-    Runtime and TensorRT each order them their own way (a GEMM may even round two identical similarities
-    differently by their position). A cell whose k-th and (k+1)-th similarities are within ``tolerance`` can
-    get other neighbours in another engine; every cell that averages over such a cell, directly or through
-    the ``iterations`` rounds, can then differ too.
-    """
-    import torch
-
-    b, n, _ = sim.shape
-    k = min(k, n)
-    if k >= n:
-        return np.zeros((b, n), dtype=bool)
-    top = torch.sort(sim, dim=-1, descending=True).values  # (B, n, n)
-    kth = top[..., k - 1: k]
-    unsure = (top[..., k - 1] - top[..., k]) <= tolerance  # (B, n)
-    # who may be whose neighbour: anything at least as similar as the k-th, give or take the tolerance
-    candidates = (sim >= kth - tolerance).float()  # (B, n, n)
-    affected = unsure.float()
-    for _ in range(iterations):
-        affected = torch.maximum(affected, (candidates @ affected[..., None])[..., 0].clamp(max=1))
-    return affected.bool().numpy()
-
-
 class TorchReference:
     """PyTorch probabilities of an adapted model (the raw :class:`~ifseg_deploy.runtime.graph.InferenceGraph`
-    softmax, refined by :func:`refine_lowest_index_first`), and which cells hinge on tie-breaking."""
+    softmax, refined with ties broken lowest index first), and which cells hinge on tie-breaking."""
 
     def __init__(self, model: Any, refinement: tuple[int, int]) -> None:
         from ifseg_deploy.runtime.graph import InferenceGraph
@@ -196,6 +141,8 @@ class TorchReference:
     def _run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
+        from ifseg_deploy.refine import cosine_similarity, knn_refine, tie_dependent_cells
+
         if self._last is not None and self._last[0] == id(x):
             return self._last[1]
         pixels = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
@@ -204,8 +151,9 @@ class TorchReference:
             probs = self.raw(pixels).float()
             ties = np.zeros((b, probs.shape[2], probs.shape[3]), dtype=bool)
             if self.k > 1 and self.iterations > 0:
-                sim = _similarity(self.model.image_features(pixels))
-                probs = refine_lowest_index_first(probs, sim, self.k, self.iterations)
+                features = self.model.image_features(pixels)
+                probs = knn_refine(probs, features, self.k, self.iterations, tie_break="lowest_index")
+                sim = cosine_similarity(features)
                 ties = tie_dependent_cells(sim, self.k, self.iterations).reshape(ties.shape)
         out = (probs.numpy(), ties)
         self._last = (id(x), out)

@@ -235,28 +235,29 @@ def test_export_refuses_to_overwrite_without_being_asked():
 
 # -- the parity reference ----------------------------------------------------------------------------------------
 def test_parity_reference_refinement_equals_the_runtime_one_without_ties():
-    from ifseg_deploy.export.parity import _similarity, refine_lowest_index_first, tie_dependent_cells
-    from ifseg_deploy.runtime.refine import knn_refine
+    from ifseg_deploy.refine import cosine_similarity, knn_refine, tie_dependent_cells
 
     g = torch.Generator().manual_seed(0)
     probs = torch.softmax(torch.randn(2, 5, 4, 6, generator=g), dim=1)
     features = torch.randn(2, 16, 4, 6, generator=g)
-    sim = _similarity(features)
-    torch.testing.assert_close(refine_lowest_index_first(probs, sim, 3, 25), knn_refine(probs, features, 3, 25))
+    sim = cosine_similarity(features)
+    torch.testing.assert_close(knn_refine(probs, features, 3, 25, tie_break="lowest_index"),
+                               knn_refine(probs, features, 3, 25))
     assert not tie_dependent_cells(sim, 3, 25).any()
 
 
 def test_parity_sets_tie_dependent_cells_apart():
     """Cells 1, 2 and 3 have identical features, so cell 0's second neighbour (k=2: itself and one more) is any
     of them: cell 0 depends on tie-breaking; cells 4 and 5, each the other's clear neighbour, do not."""
-    from ifseg_deploy.export.parity import _similarity, compare, tie_dependent_cells
+    from ifseg_deploy.export.parity import compare
+    from ifseg_deploy.refine import cosine_similarity, tie_dependent_cells
 
     features = torch.zeros(1, 4, 1, 6)
     features[0, :, 0, 0] = torch.tensor([1.0, 0.0, 0.0, 0.0])
     features[0, :, 0, 1:4] = torch.tensor([0.6, 0.8, 0.0, 0.0])[:, None]
     features[0, :, 0, 4] = torch.tensor([0.0, 0.0, 1.0, 0.0])
     features[0, :, 0, 5] = torch.tensor([0.0, 0.0, 0.6, 0.8])
-    ties = tie_dependent_cells(_similarity(features), k=2, iterations=3)[0]
+    ties = tie_dependent_cells(cosine_similarity(features), k=2, iterations=3)[0]
     assert ties.tolist() == [True, True, True, True, False, False]
 
     class Ref:

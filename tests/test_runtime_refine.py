@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ifseg_deploy.runtime.refine import knn_refine
+from ifseg_deploy.refine import knn_refine
 
 
 def loop_refine(probs: np.ndarray, features: np.ndarray, k: int, iterations: int) -> np.ndarray:
@@ -78,3 +78,18 @@ def test_k_larger_than_the_grid_and_bad_arguments():
         knn_refine(probs, feats, k=0)
     with pytest.raises(ValueError):
         knn_refine(probs, torch.rand(1, 5, 2, 3))
+
+
+def test_lowest_index_tie_break_takes_the_lower_of_tied_cells():
+    """Cells 1..3 share one feature vector, so each one's second neighbour is a tie between the other two:
+    ``lowest_index`` must pick the lower one, whatever order topk would give."""
+    from ifseg_deploy.refine import cosine_similarity, nearest_cells
+
+    features = torch.zeros(1, 2, 1, 4)
+    features[0, :, 0, 0] = torch.tensor([1.0, 0.0])
+    features[0, :, 0, 1:] = torch.tensor([0.0, 1.0])[:, None]
+    nbrs = nearest_cells(cosine_similarity(features), 2, tie_break="lowest_index")[0]
+    assert nbrs[:, 0].tolist() == [0, 1, 2, 3]  # every cell is its own first neighbour
+    assert nbrs[1:, 1].tolist() == [2, 1, 1]
+    with pytest.raises(ValueError, match="tie_break"):
+        nearest_cells(cosine_similarity(features), 2, tie_break="random")

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..modeling.segofa import SegOFA
-from .refine import knn_refine
+from ..refine import knn_refine
 
 
 class InferenceGraph(nn.Module):
