@@ -77,6 +77,7 @@ def random_adapted_model(preset: Any, categories: Sequence[str] | None = None, b
                          seed: int = 0) -> Any:
     """An :class:`~ifseg_deploy.pretrained.AdaptedModel` of ``preset`` (a preset name or an
     :class:`~ifseg_deploy.presets.OFAConfig`) with random weights (see the module doc)."""
+    from ifseg_deploy.modeling.position import max_text_tokens
     from ifseg_deploy.modeling.segofa import SegOFA
     from ifseg_deploy.presets import get_preset
     from ifseg_deploy.pretrained import AdaptedModel
@@ -91,6 +92,7 @@ def random_adapted_model(preset: Any, categories: Sequence[str] | None = None, b
     names = [c.strip() for c in (categories or default_categories(bpe_dir is not None))]
     base = get_preset(preset) if isinstance(preset, str) else preset
     arch = base.replace(vocab_rows=tokenizer.num_embeddings)
+    tokenizer.check_prompt_length(names, max_text_tokens(arch.max_source_positions))  # before building the model
     torch.manual_seed(seed)
     model = SegOFA(arch, num_classes=len(names))
     randomize_weights_(model, seed)

@@ -188,12 +188,13 @@ def bench(mode: str, models: tuple[str, ...], preset: str | None, bpe_dir: str |
         calib_images=calib_images, calib_max=calib_max, threads=threads, device=device, dataset=dataset_name,
         root=root, limit=limit, refine=not no_refine, plot=not no_plot, profile=profile, command=command)
     from ..checkpoints.errors import CheckpointError
+    from ..tokenizer import TokenizerError
 
     try:
         report = run_inference(settings, echo=click.echo)
     except BenchUsageError as e:
         raise click.UsageError(str(e)) from None
-    except (CheckpointError, FileNotFoundError, KeyError) as e:
+    except (CheckpointError, TokenizerError, FileNotFoundError, KeyError) as e:
         raise click.ClickException(str(e)) from None
     files = write_outputs(report, out, plot=not no_plot)
     for line in summary_lines(report):
