@@ -77,11 +77,11 @@ def test_count_and_names_that_fit_agree_with_prompt_ids(world):
     names = MANY[:50]
     n = len(tok.prompt_ids(names))
     assert tok.check_prompt_length(names, n) == n
-    limit = n - 7
+    limit = len(tok.prompt_ids(names[:30]))  # exactly the first 30 names
     with pytest.raises(PromptTooLongError) as info:
         tok.check_prompt_length(names, limit)
     e = info.value
-    assert (e.tokens, e.limit) == (n, limit)
+    assert (e.tokens, e.limit, e.fit) == (n, limit, 30)
     assert len(tok.prompt_ids(names[:e.fit])) <= limit < len(tok.prompt_ids(names[:e.fit + 1]))
     assert f"{n} tokens long" in str(e) and f"{limit} text positions" in str(e)
     assert f"the first {e.fit} names fit" in str(e)
