@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
 import warnings
@@ -156,7 +157,8 @@ def check_int8(fp32_onnx: str | Path, int8_onnx: str | Path, inputs: Sequence[np
     return check(report, min_agreement, max_miou_drop)
 
 
-def _miou(path: str | Path, dataset: Any, limit: int | None) -> float:
+def _miou(path: str | Path, dataset: Any, limit: int | None) -> float | None:
+    """mIoU of the exported model on ``dataset``; None where it is undefined (no labelled pixel to score)."""
     from ifseg_deploy.evaluation.evaluate import evaluate
     from ifseg_deploy.runtime.segmenter import Segmenter
 
@@ -164,7 +166,7 @@ def _miou(path: str | Path, dataset: Any, limit: int | None) -> float:
 
     with Segmenter(OrtBackend.from_file(path, providers=["CPUExecutionProvider"])) as seg:
         value = evaluate(seg, dataset, limit=limit, progress=False)["mIoU"]
-    return float("nan") if value is None else float(value)
+    return None if value is None or not math.isfinite(value) else float(value)
 
 
 def _modelopt_version() -> str:

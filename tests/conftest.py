@@ -50,3 +50,17 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def demo_report(tmp_path_factory: pytest.TempPathFactory):
+    """`demo --quick` run once per session: (out folder, report). The folder holds the synthetic world's trained
+    model (model/), model.onnx, model.int8.onnx and calibration_images/; treat it as read-only."""
+    pytest.importorskip("onnxruntime", reason="the demo exports ONNX: needs the [onnx] extra")
+    pytest.importorskip("modelopt", reason="the demo quantizes to INT8: needs the [int8] extra")
+    from ifseg_deploy.demo import DemoSettings, run_demo
+
+    root = tmp_path_factory.mktemp("demo")
+    report = run_demo(root / "out", DemoSettings.quick(), cache_dir=root / "cache", progress=False,
+                      echo=lambda _: None)
+    return root / "out", report
