@@ -121,7 +121,7 @@ def parity_inputs(spec: InputSpec, preprocessing: dict[str, Any], n_images: int 
 
 
 class CalibrationError(ValueError):
-    """Too few usable calibration images; the message names the folder, the count and the unreadable files."""
+    """Too few usable calibration images; the message gives the counts and names the unreadable files."""
 
 
 def calibration_batch(paths: Sequence[Path], preprocessing: dict[str, Any], spec: InputSpec, *,
