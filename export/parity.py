@@ -52,8 +52,7 @@ class ParityReport:
     @property
     def miou_undefined(self) -> list[str]:
         """Which of "reference" / "candidate" were evaluated but have no mIoU (no labelled pixel to score)."""
-        return [k for k in ("reference", "candidate")
-                if k in self.miou and (self.miou[k] is None or not math.isfinite(self.miou[k]))]
+        return [k for k in ("reference", "candidate") if k in self.miou and not _defined(self.miou[k])]
 
     @property
     def miou_drop(self) -> float | None:
@@ -76,13 +75,18 @@ class ParityReport:
         if self.miou_undefined:
             lines.append("  mIoU: undefined for the " + " and the ".join(self.miou_undefined)
                          + " (no labelled pixel of the model's classes in the evaluation images)")
-        elif self.miou_drop is not None:
-            lines.append(f"  mIoU: {100 * self.miou['reference']:.2f} -> {100 * self.miou['candidate']:.2f} "
-                         f"({-100 * self.miou_drop:+.2f} points)")
+        elif (drop := self.miou_drop) is not None:
+            ref, cand = self.miou["reference"], self.miou["candidate"]
+            assert ref is not None and cand is not None  # a drop exists only between two defined values
+            lines.append(f"  mIoU: {100 * ref:.2f} -> {100 * cand:.2f} ({-100 * drop:+.2f} points)")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _defined(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
 
 
 def compare(candidate: ProbsFn, reference: ProbsFn, inputs: Sequence[np.ndarray], candidate_name: str,
