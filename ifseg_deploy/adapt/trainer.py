@@ -81,6 +81,18 @@ def cosine_factor(total: int):
     return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
 
 
+def _device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device, or a ValueError saying what is accepted (torch's own error lists every
+    device type torch knows)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but this torch build sees no CUDA GPU; use --device cpu")
+    return dev
+
+
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for plain fp32."""
     if precision == "auto":
@@ -155,7 +167,7 @@ def adapt(checkpoint: str | Path, categories: Sequence[str], out: str | Path, co
     out = Path(out)
     work = out.with_name(out.name + ".partial")
     _check_paths(out, work, resume=resume, overwrite=overwrite)
-    dev = torch.device(device) if device is not None else ctx.default_device()
+    dev = _device(device) if device is not None else ctx.default_device()
     amp_dtype = resolve_precision(cfg.precision, dev)
 
     start = _load_start_model(checkpoint, categories, bpe_dir=bpe_dir, arch=arch, prompt=prompt, seed=cfg.seed)
