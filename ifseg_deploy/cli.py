@@ -36,9 +36,8 @@ class Group(click.Group):
         except (IfsegError, OSError) as e:
             if ctx.meta.get("ifseg_debug"):
                 raise
-            error = click.ClickException(user_message(e))
-            error.exit_code = getattr(e, "exit_code", 1)
-            raise error from None
+            usage = getattr(e, "exit_code", 1) == 2
+            raise (click.UsageError if usage else click.ClickException)(user_message(e)) from None
 
 
 def user_message(e: BaseException) -> str:
