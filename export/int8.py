@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from ifseg_deploy.errors import IfsegError
+
 from .metadata import INPUT_NAME, ModelInfo, read_metadata, write_metadata
 from .parity import REDUCED_AGREEMENT, ParityReport, check, compare, ort_probs
 
@@ -45,7 +47,7 @@ EXCLUDED_OP_TYPES = PRECISION_SENSITIVE + ("Add", "Resize")
 CALIBRATION_METHODS = ("entropy", "max")
 
 
-class QuantizationError(RuntimeError):
+class QuantizationError(IfsegError, RuntimeError):
     """Quantization failed or produced a graph that breaks the precision rules."""
 
 

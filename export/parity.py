@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from ifseg_deploy.errors import IfsegError
+
 ProbsFn = Callable[[np.ndarray], np.ndarray]
 
 #: fp32 exports must reproduce PyTorch's label of at least this fraction of grid cells.
@@ -21,7 +23,7 @@ FP32_AGREEMENT = 0.999
 REDUCED_AGREEMENT = 0.95
 
 
-class ParityError(RuntimeError):
+class ParityError(IfsegError, RuntimeError):
     """An exported model that does not reproduce its reference closely enough."""
 
     def __init__(self, message: str, report: ParityReport | None = None) -> None:

@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ifseg_deploy.artifacts import guess_kind
+from ifseg_deploy.errors import IfsegUsageError
+
 from .metadata import ModelInfo
 from .parity import FP32_AGREEMENT, REDUCED_AGREEMENT, ParityReport
 from .spec import InputSpec
@@ -26,7 +29,7 @@ FORMATS = ("onnx", "tensorrt")
 Echo = Callable[[str], None]
 
 
-class ExportUsageError(ValueError):
+class ExportUsageError(IfsegUsageError):
     """An impossible combination of options (the message says what to do instead)."""
 
 
@@ -140,6 +143,9 @@ def _export(model: Path, out: Path, work: Path, fmt: str, precision: str, spec: 
         onnx_path = model
         if spec is not None:
             echo(f"note: {model} is already exported; its own input shapes are used, not the ones given")
+    elif guess_kind(model) == "engine":
+        raise ExportUsageError(f"{model} is a TensorRT engine, the end product of export; export takes an "
+                               "adapted-model directory or an .onnx file")
     else:
         raise ExportUsageError(f"{model} is neither an adapted-model directory nor an .onnx file")
     info = OrtBackend._read_info(onnx_path)
@@ -210,13 +216,6 @@ def _engine(onnx_path: Path, info: ModelInfo, out: Path, precision: str, min_agr
         reports.append(report)
     finally:
         backend.close()
-    # Plan first, sidecar last: until the new sidecar is in place, nothing vouches for a half-replaced pair.
-    staged = out.with_name(f".{out.name}.staged")
-    write_engine(staged, plan, key, info.to_props())
-    side = sidecar_path(out)
-    if side.exists():
-        side.unlink()
-    staged.replace(out)
-    sidecar_path(staged).replace(side)
+    write_engine(out, plan, key, info.to_props())  # plan and sidecar staged, then renamed: see write_engine
     echo(f"wrote {out} and {sidecar_path(out).name} ({len(plan) / 2**20:.1f} MiB); engine cache: {cache.root}")
     return ExportSummary(out, "tensorrt", precision, info, reports)

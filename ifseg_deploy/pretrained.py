@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from .artifacts import ArtifactError, check_artifact, incomplete_message, size_text
 from .atomic import atomic_directory
 from .checkpoints.errors import CheckpointError
 from .checkpoints.safe_load import load_safetensors
@@ -91,15 +92,20 @@ class AdaptedModel:
         table is rebuilt from them, and a prompt longer than the encoder's text positions raises
         :class:`~ifseg_deploy.tokenizer.PromptTooLongError` before the weights are read.
         """
-        path = Path(path)
+        try:
+            path = check_artifact(path, "model")
+        except ArtifactError as e:
+            raise CheckpointError(str(e)) from None
         cfg_file = path / CONFIG_FILE
         if not cfg_file.is_file():
             raise CheckpointError(f"{path} is not an adapted-model directory (no {CONFIG_FILE}); "
                                   "create one with `ifseg-deploy adapt`")
         try:
-            conf = json.loads(cfg_file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{cfg_file} is corrupt ({e})") from None
+            conf = json.loads(cfg_file.read_text(encoding="utf-8"))
+            if not isinstance(conf, dict):
+                raise ValueError(f"a JSON {type(conf).__name__}, not an object")
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
+            raise _incomplete(path, f"{cfg_file} is corrupt ({size_text(cfg_file)}; {e})") from None
         if conf.get("format") != FORMAT_NAME:
             raise CheckpointError(f"{cfg_file} is not an ifseg-deploy adapted model (format {conf.get('format')!r})")
         if int(conf.get("format_version", 0)) > FORMAT_VERSION:
@@ -118,9 +124,15 @@ class AdaptedModel:
             raise
         except (KeyError, TypeError, ValueError) as e:
             if isinstance(e, TokenizerError):
-                raise CheckpointError(str(e)) from None
-            raise CheckpointError(f"{cfg_file} is incomplete or invalid ({e})") from None
-        state = load_safetensors(path / WEIGHTS_FILE)
+                raise _incomplete(path, str(e)) from None
+            raise _incomplete(path, f"{cfg_file} is incomplete or invalid ({e})") from None
+        weights = path / WEIGHTS_FILE
+        if not weights.is_file():
+            raise _incomplete(path, f"{WEIGHTS_FILE} is missing")
+        try:
+            state = load_safetensors(weights)
+        except CheckpointError as e:
+            raise _incomplete(path, str(e)) from None
         model = SegOFA(arch, num_classes=len(saved))
         try:
             model.load_state_dict(state, strict=True)
@@ -131,3 +143,8 @@ class AdaptedModel:
             model.set_prompt(tokenizer.prompt_ids(categories, prompt), name_tokens)
         return cls(model.to(device).eval(), tokenizer, saved if categories is None else categories, prompt,
                    conf.get("preprocessing", dict(DEFAULT_PREPROCESSING)), conf.get("metadata", {}))
+
+
+def _incomplete(path: Path, why: str) -> CheckpointError:
+    """A model directory whose files are damaged: the message says which file, its size, and what to do."""
+    return CheckpointError(incomplete_message(path, "model", why))

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, models, pre_tokenizers
 
+from .errors import IfsegError
+
 __all__ = [
     "DEFAULT_PROMPT",
     "UNKNOWN_NAME",
@@ -44,7 +46,7 @@ _LAYOUTS = (
 _EXPECTED = f"expected the English OFA BPE files: {_LAYOUTS}"
 
 
-class TokenizerError(ValueError):
+class TokenizerError(IfsegError, ValueError):
     """Bad tokenizer files or bad category names; the message names the file or the name."""
 
 

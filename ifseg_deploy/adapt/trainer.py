@@ -111,7 +111,7 @@ def resolve_device(device: str | torch.device | None, ctx: dist_utils.DistContex
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device {device!r} is not a device name (cpu, cuda, cuda:1 ...): {e}") from None
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N ({e})") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {device!r}: no CUDA device is available here; use cpu")

@@ -70,6 +70,9 @@ def read_hf_config(directory: Path) -> dict:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path} is corrupt ({e})") from None
+    if config.get("format") == "ifseg-deploy/adapted-model":
+        raise CheckpointError(f"{directory} is an ifseg-deploy adapted-model directory, not an OFA checkpoint: give "
+                              "it to segment, eval or export (or to adapt --checkpoint, to continue adapting it)")
     if config.get("model_type") != "ofa":
         raise CheckpointError(f"{path}: model_type is {config.get('model_type')!r}, expected 'ofa'")
     return config

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..errors import IfsegError
 from ..runtime.images import IMAGE_EXTENSIONS, load_image, open_image
 from .classnames import (
     ADE20K_150,
@@ -39,7 +40,7 @@ from .classnames import (
 IGNORE = 255
 
 
-class DatasetError(ValueError):
+class DatasetError(IfsegError, ValueError):
     """A dataset folder that does not have the expected layout or contents."""
 
 

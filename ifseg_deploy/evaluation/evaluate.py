@@ -16,11 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import IfsegError
 from ..version import __version__
 from .metrics import ConfusionMatrix
 
 
-class ClassMismatchError(ValueError):
+class ClassMismatchError(IfsegError, ValueError):
     """The model's categories are not the dataset's classes."""
 
 
