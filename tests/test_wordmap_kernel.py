@@ -347,12 +347,15 @@ def test_benchmark_reports_correctness_on_cpu():
     report = run_benchmark(batch=2, classes=7, dim=40, vocab=64, device="cpu", compile_ref=False)
     assert report["mode"].startswith("correctness only") and "copy" not in report
     res = report["results"]
-    assert res["torch"]["max_abs_diff_fwd"] == 0
+    # every row, the eager reference included, is measured against the float64 composition
+    assert res["torch"]["status"] == "ok" and 0 < res["torch"]["max_abs_diff_fwd"] < 1e-5
+    assert max(res["torch"]["max_rel_diff_grads"]) < 1e-5
     assert res["torch.compile"]["status"] == "skipped: --no-compile"
     # IFSeg's EmbeddingBag(mean) path over name tokens lands on the same word map as the class-table gather
     assert res["official"]["status"] == "ok" and res["official"]["max_abs_diff_fwd"] < 1e-5
     assert max(res["official"]["max_rel_diff_grads"]) < 1e-5
     if wordmap_triton is not None and wordmap_triton.interpret_mode():
         assert res["triton"]["status"] == "ok" and res["triton"]["max_abs_diff_fwd"] < 1e-5
+        assert max(res["triton"]["max_rel_diff_grads"]) < 1e-5
     else:
         assert res["triton"]["status"].startswith("skipped")
