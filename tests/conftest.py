@@ -12,6 +12,7 @@ import torch
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 GOLDEN_DIR = SHARED / "segofa_golden"
 REAL_BPE_DIR = SHARED / "ofa_bpe"
+HF_PORT_KEYS_DIR = SHARED / "hf_port_keys"
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +36,14 @@ def real_bpe_dir() -> Path:
     if not (REAL_BPE_DIR / "encoder.json").is_file():
         pytest.skip(f"real OFA BPE files not found at {REAL_BPE_DIR} (test data kept outside the repo)")
     return REAL_BPE_DIR
+
+
+@pytest.fixture(scope="session")
+def hf_port_keys_dir() -> Path:
+    if not (HF_PORT_KEYS_DIR / "state_dict_keys.json").is_file():
+        pytest.skip(f"the official HF OFA port's key list not found at {HF_PORT_KEYS_DIR} (test data kept outside "
+                    "the repo)")
+    return HF_PORT_KEYS_DIR
 
 
 @pytest.fixture(autouse=True)

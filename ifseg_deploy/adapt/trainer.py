@@ -205,7 +205,8 @@ def adapt(checkpoint: str | Path, categories: Sequence[str], out: str | Path, co
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_factor(cfg.steps))
     scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype == torch.float16)
-    data = ArtificialMaps(model.num_classes, cfg.grid_max, seed=cfg.seed, rank=ctx.rank, device=dev)
+    data = ArtificialMaps(model.num_classes, cfg.grid_max, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size,
+                          device=dev)
     step_module = WordMapStep(model, cfg)
     runner = ctx.wrap(step_module, dev)
 
@@ -222,13 +223,12 @@ def adapt(checkpoint: str | Path, categories: Sequence[str], out: str | Path, co
         (work / METRICS).write_text("")
     ctx.barrier()
 
-    local_batch = cfg.batch_size // ctx.world_size
     last_loss = float("nan")
     bar = _progress(cfg.steps, step, enabled=progress and ctx.is_main)
     t0, samples_since = time.perf_counter(), 0
     with _StopFlag() as stop:
         while step < cfg.steps:
-            grid, sizes = data.sample(local_batch)
+            grid, sizes = data.sample(cfg.batch_size)  # this rank's slice of the global batch
             with torch.autocast(dev.type, dtype=amp_dtype) if amp_dtype else nullcontext():
                 logits = runner(grid, sizes)
             target = wordmap_targets(grid, sizes, cfg.target_size)

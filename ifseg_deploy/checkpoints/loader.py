@@ -32,12 +32,18 @@ class LoadReport:
     source: str
     layout: str
     arch: str
+    used: list[str] = field(default_factory=list)  # keys loaded into the model
+    tied: dict[str, str] = field(default_factory=dict)  # key -> the key holding the same tensor (loaded once)
     initialised: list[str] = field(default_factory=list)  # new IFSeg parameters, N(0, 0.02)
     ignored: dict[str, str] = field(default_factory=dict)  # key -> reason
     unexpected: list[str] = field(default_factory=list)  # keys nobody knows; reported, not used
 
     def summary(self) -> str:
-        lines = [f"loaded {self.source} ({self.layout} layout, arch {self.arch})"]
+        lines = [f"loaded {self.source} ({self.layout} layout, arch {self.arch})",
+                 f"  used {len(self.used)} tensors"]
+        if self.tied:
+            lines.append(f"  tied {len(self.tied)} duplicate name(s): "
+                         + ", ".join(f"{k} = {v}" for k, v in self.tied.items()))
         if self.initialised:
             lines.append(f"  initialised {len(self.initialised)} new IFSeg tensors: "
                          + ", ".join(sorted({k.rsplit('.', 1)[0] for k in self.initialised})))
@@ -77,6 +83,8 @@ def state_dict_into_model(state: Mapping[str, Tensor], cfg: OFAConfig, name_toke
             target = TIED_KEYS[key]
             if target in state and state[target].shape == value.shape and not torch.equal(state[target], value):
                 report.unexpected.append(f"{key} (differs from its tied {target})")
+            else:
+                report.tied[key] = target
             continue
         if key in own and ignored_reason(key) is None:
             if own[key].shape != value.shape:
@@ -94,6 +102,7 @@ def state_dict_into_model(state: Mapping[str, Tensor], cfg: OFAConfig, name_toke
         raise CheckpointError(f"{source} lacks {len(bad)} tensor(s) an OFA {cfg.name} model needs: "
                               + ", ".join(bad[:8]) + (" ..." if len(bad) > 8 else ""))
     model.load_state_dict(to_load, strict=False)
+    report.used = list(to_load)
     _init_new_seg_params(model, missing, torch.Generator().manual_seed(seed))
     report.initialised = missing
     model.set_prompt(src_tokens, name_tokens)
