@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from ifseg_deploy.errors import UsageError
+
 from .common import (
     CPU_KEYS,
     cpu_jiffies,
@@ -58,7 +60,7 @@ Echo = Callable[[str], None]
 Size = tuple[int, int]
 
 
-class BenchUsageError(ValueError):
+class BenchUsageError(UsageError):
     """Impossible options (the message says what to give instead)."""
 
 
@@ -127,11 +129,9 @@ class Sources:
 
 
 def _read_onnx_info(path: Path) -> Any:
-    import onnx
+    from ifseg_deploy.export.metadata import read_info
 
-    from ifseg_deploy.export.metadata import read_metadata
-
-    return read_metadata(onnx.load(str(path), load_external_data=False), str(path))
+    return read_info(path)
 
 
 def _engine_precision(path: Path) -> str:

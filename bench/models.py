@@ -51,6 +51,7 @@ def random_adapted_model(preset: Any, categories: Sequence[str] | None = None, b
     """An :class:`~ifseg_deploy.pretrained.AdaptedModel` of ``preset`` (a preset name or an
     :class:`~ifseg_deploy.presets.OFAConfig`) with random weights (see the module doc)."""
     from ifseg_deploy.modeling.init import SPEED_PROFILE, random_init_
+    from ifseg_deploy.modeling.position import max_text_tokens
     from ifseg_deploy.modeling.segofa import SegOFA
     from ifseg_deploy.presets import get_preset
     from ifseg_deploy.pretrained import AdaptedModel
@@ -65,6 +66,7 @@ def random_adapted_model(preset: Any, categories: Sequence[str] | None = None, b
     names = [c.strip() for c in (categories or default_categories(bpe_dir is not None))]
     base = get_preset(preset) if isinstance(preset, str) else preset
     arch = base.replace(vocab_rows=tokenizer.num_embeddings)
+    tokenizer.check_prompt_length(names, max_text_tokens(arch.max_source_positions))  # before building the model
     torch.manual_seed(seed)
     model = SegOFA(arch, num_classes=len(names))
     random_init_(model, seed, SPEED_PROFILE)

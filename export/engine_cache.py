@@ -20,7 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ifseg_deploy.atomic import atomic_write_bytes, atomic_write_text
+from ifseg_deploy.artifacts import ArtifactError, check_artifact, incomplete_message
+from ifseg_deploy.atomic import publish, write_staged
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +32,11 @@ SIDECAR_SUFFIX = ".json"
 ENVIRONMENT_FIELDS = ("tensorrt_version", "gpu_name", "compute_capability")
 
 
-class EngineCacheError(RuntimeError):
+class EngineCacheError(ArtifactError, RuntimeError):
     """An engine that must not be run."""
 
 
-class CorruptEngineError(EngineCacheError):
+class CorruptEngineError(EngineCacheError, ArtifactError):
     """The plan or its sidecar is missing, truncated, unreadable or does not match its checksum."""
 
 
@@ -108,25 +109,61 @@ class EngineKey:
         return [f"{k}: {mine[k]} -> {theirs[k]}" for k in mine if mine[k] != theirs[k]]
 
 
+@dataclass(frozen=True)
+class EngineEnvironment:
+    """The machine an engine is to run on: the half of an :class:`EngineKey` that must match there.
+
+    ``trt_build.device_environment`` queries the real one (it needs TensorRT and CUDA); tests and tools that
+    only check an engine file give one explicitly.
+    """
+
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str  # "8.7" (Orin), "9.0" (H100)
+
+
+def check_environment(path: str | Path, key: EngineKey, environment: EngineEnvironment) -> None:
+    """:class:`StaleEngineError` naming every field of :data:`ENVIRONMENT_FIELDS` where the engine's key and
+    ``environment`` differ (checked in that order: TensorRT version, GPU name, compute capability)."""
+    diffs = [f"{k}: engine {getattr(key, k)} / this machine {getattr(environment, k)}" for k in ENVIRONMENT_FIELDS
+             if str(getattr(key, k)) != str(getattr(environment, k))]
+    if diffs:
+        raise StaleEngineError(f"{path} was built with another TensorRT or GPU:\n  " + "\n  ".join(diffs)
+                               + "\nTensorRT engines only run where they were built; rebuild it on this "
+                               "device from the ONNX file (`ifseg-deploy export --format tensorrt --model "
+                               "model.onnx --out ...`)")
+
+
 def sidecar_path(engine_path: str | Path) -> Path:
     p = Path(engine_path)
     return p.with_name(p.name + SIDECAR_SUFFIX)
 
 
 def write_engine(path: str | Path, plan: bytes, key: EngineKey, metadata: dict[str, str] | None = None) -> Path:
-    """Write the plan and its sidecar, each atomically. The sidecar goes last and holds the plan's checksum, so a
-    crash between the two leaves a pair that :func:`read_engine` refuses, never one it would run."""
+    """Write the plan and its sidecar so that a failure or kill at any point leaves either the old pair (intact
+    and loadable), the new pair, or a pair :func:`read_engine` refuses; never a partial plan under ``path`` and
+    never a sidecar vouching for a plan it does not describe.
+
+    Both files are written and fsynced under hidden temporary names beside ``path`` first. Then the old sidecar
+    is removed, the plan renamed into place, and the sidecar last (the sidecar holds the plan's checksum).
+    """
     path = Path(path)
     side = sidecar_path(path)
-    if side.exists():
-        side.unlink()  # an old sidecar must not vouch for the new plan while it is being written
-    atomic_write_bytes(path, plan)
     record = {
         "format": SIDECAR_FORMAT, "format_version": SIDECAR_VERSION, "key": key.to_dict(),
         "key_digest": key.digest(), "engine_sha256": hashlib.sha256(plan).hexdigest(), "engine_bytes": len(plan),
         "metadata": metadata or {}, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    atomic_write_text(side, json.dumps(record, indent=2) + "\n")
+    staged_plan = write_staged(path, plan)
+    try:
+        staged_side = write_staged(side, (json.dumps(record, indent=2) + "\n").encode("utf-8"))
+    except BaseException:
+        staged_plan.unlink(missing_ok=True)
+        raise
+    # From here on only renames: until the new sidecar is in place, nothing vouches for the new plan.
+    side.unlink(missing_ok=True)
+    publish(staged_plan, path)
+    publish(staged_side, side)
     return path
 
 
@@ -156,35 +193,43 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
 
 
 def read_engine(path: str | Path, expected: EngineKey | None = None,
-                environment: dict[str, str] | None = None) -> tuple[bytes, dict[str, Any]]:
+                environment: EngineEnvironment | None = None) -> tuple[bytes, dict[str, Any]]:
     """The verified plan and its sidecar record.
 
-    ``expected``: the full key it must have (cache lookups). ``environment``: only the machine fields
-    (:data:`ENVIRONMENT_FIELDS`) must match, for an engine file given by path. Raises
-    :class:`CorruptEngineError` or :class:`StaleEngineError`; never returns a plan it has not checked.
+    Checks, in this order: the plan exists and is not empty, its sidecar is present and well-formed, the plan
+    matches the sidecar's size and SHA-256; then ``expected``, the full key it must have (cache lookups), and
+    ``environment``, the machine it is to run on (only :data:`ENVIRONMENT_FIELDS` must match, for an engine
+    file given by path). Raises :class:`CorruptEngineError` or :class:`StaleEngineError`, FileNotFoundError
+    for a missing plan; never returns a plan it has not checked. Nothing here needs TensorRT.
     """
-    path = Path(path)
+    try:
+        path = check_artifact(path, "engine")
+    except FileNotFoundError:
+        if not sidecar_path(path).is_file():
+            raise
+        raise CorruptEngineError(f"{path} is missing beside its sidecar {sidecar_path(path).name}; rebuild it"
+                                 ) from None
+    except ArtifactError as e:
+        raise CorruptEngineError(str(e)) from None
     record = read_sidecar(path)
     key: EngineKey = record["key"]
-    if expected is not None and key != expected:
-        raise StaleEngineError(f"{path} was built for something else:\n  " + "\n  ".join(key.differences(expected))
-                               + "\nit will not be run; rebuild it")
-    if environment is not None:
-        here = {k: str(environment[k]) for k in ENVIRONMENT_FIELDS}
-        diffs = [f"{k}: engine {getattr(key, k)} / this machine {here[k]}" for k in ENVIRONMENT_FIELDS
-                 if getattr(key, k) != here[k]]
-        if diffs:
-            raise StaleEngineError(f"{path} was built with another TensorRT or GPU:\n  " + "\n  ".join(diffs)
-                                   + "\nTensorRT engines only run where they were built; rebuild it on this "
-                                   "device from the ONNX file (`ifseg-deploy export --format tensorrt --model "
-                                   "model.onnx --out ...`)")
     try:
         plan = path.read_bytes()
     except OSError as e:
         raise CorruptEngineError(f"cannot read {path}: {e}") from None
-    if len(plan) != int(record["engine_bytes"]) or hashlib.sha256(plan).hexdigest() != record["engine_sha256"]:
-        raise CorruptEngineError(f"{path} does not match the checksum in {sidecar_path(path).name} ({len(plan)} "
-                                 f"bytes, expected {record['engine_bytes']}): truncated or modified; rebuild it")
+    want = int(record["engine_bytes"])
+    if len(plan) < want:
+        raise CorruptEngineError(incomplete_message(
+            path, "engine", f"{sidecar_path(path).name} records {want:,} bytes (truncated)"))
+    if len(plan) != want or hashlib.sha256(plan).hexdigest() != record["engine_sha256"]:
+        raise CorruptEngineError(f"{path} ({len(plan):,} bytes) does not match the checksum in "
+                                 f"{sidecar_path(path).name} ({want:,} bytes): modified after it was built; "
+                                 "rebuild it")
+    if expected is not None and key != expected:
+        raise StaleEngineError(f"{path} was built for something else:\n  " + "\n  ".join(key.differences(expected))
+                               + "\nit will not be run; rebuild it")
+    if environment is not None:
+        check_environment(path, key, environment)
     return plan, record
 
 

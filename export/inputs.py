@@ -9,7 +9,7 @@ Calibrating on exactly what the deployed model will see is what makes the INT8 s
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -120,26 +120,46 @@ def parity_inputs(spec: InputSpec, preprocessing: dict[str, Any], n_images: int 
     return batches, source
 
 
-def calibration_batch(paths: Sequence[Path], preprocessing: dict[str, Any], spec: InputSpec) -> np.ndarray:
+class CalibrationError(ValueError):
+    """Too few usable calibration images; the message gives the counts and names the unreadable files."""
+
+
+def calibration_batch(paths: Sequence[Path], preprocessing: dict[str, Any], spec: InputSpec, *,
+                      min_images: int = 1, warn: Callable[[str], None] | None = None) -> np.ndarray:
     """(N, 3, H, W) float32 calibration data from image files, at one size.
 
     A fixed-shape model gets its size (stretched, as the Segmenter does). A dynamic-shape model is calibrated
     at its opt size: each image is resized by the runtime rule and then centre-cropped (or edge-padded) to
     opt, so objects keep the scale they have at run time; activation ranges do not depend on the grid size.
+
+    A file that cannot be read (empty, truncated, not an image) is skipped, and ``warn`` is told which and why;
+    :class:`CalibrationError` when fewer than ``min_images`` readable images remain.
     """
-    from ifseg_deploy.runtime.images import load_image
+    from ifseg_deploy.runtime.images import ImageLoadError, load_image
 
     if not paths:
-        raise ValueError("no calibration images")
+        raise CalibrationError("no calibration images")
     out = np.empty((len(paths), 3, *spec.opt_size), dtype=np.float32)
-    for i, p in enumerate(paths):
-        rgb = load_image(p)
+    n, unreadable = 0, []
+    for p in paths:
+        try:
+            rgb = load_image(p)
+        except ImageLoadError as e:
+            unreadable.append(Path(p))
+            if warn is not None:
+                warn(f"warning: skipping unreadable calibration image {e}")
+            continue
         if spec.is_dynamic:
             x = preprocess(rgb, preprocessing, runtime_size(*rgb.shape[:2], preprocessing, None))
-            out[i] = _crop_or_pad(x, spec.opt_size)
+            out[n] = _crop_or_pad(x, spec.opt_size)
         else:
-            out[i] = preprocess(rgb, preprocessing, spec.opt_size)
-    return out
+            out[n] = preprocess(rgb, preprocessing, spec.opt_size)
+        n += 1
+    if n < min_images:
+        skipped = f"; unreadable: {', '.join(str(p) for p in unreadable)}" if unreadable else ""
+        raise CalibrationError(f"only {n} of the {len(paths)} calibration image(s) could be read, fewer than the "
+                               f"{min_images} required (--calib-min){skipped}")
+    return out[:n]
 
 
 def _crop_or_pad(x: np.ndarray, size: Size) -> np.ndarray:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
 import warnings
@@ -31,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ifseg_deploy.errors import QualityError
 
 from .metadata import INPUT_NAME, ModelInfo, read_metadata, write_metadata
 from .parity import REDUCED_AGREEMENT, ParityReport, check, compare, ort_probs
@@ -44,7 +47,7 @@ EXCLUDED_OP_TYPES = PRECISION_SENSITIVE + ("Add", "Resize")
 CALIBRATION_METHODS = ("entropy", "max")
 
 
-class QuantizationError(RuntimeError):
+class QuantizationError(QualityError):
     """Quantization failed or produced a graph that breaks the precision rules."""
 
 
@@ -156,7 +159,8 @@ def check_int8(fp32_onnx: str | Path, int8_onnx: str | Path, inputs: Sequence[np
     return check(report, min_agreement, max_miou_drop)
 
 
-def _miou(path: str | Path, dataset: Any, limit: int | None) -> float:
+def _miou(path: str | Path, dataset: Any, limit: int | None) -> float | None:
+    """mIoU of the exported model on ``dataset``; None where it is undefined (no labelled pixel to score)."""
     from ifseg_deploy.evaluation.evaluate import evaluate
     from ifseg_deploy.runtime.segmenter import Segmenter
 
@@ -164,7 +168,7 @@ def _miou(path: str | Path, dataset: Any, limit: int | None) -> float:
 
     with Segmenter(OrtBackend.from_file(path, providers=["CPUExecutionProvider"])) as seg:
         value = evaluate(seg, dataset, limit=limit, progress=False)["mIoU"]
-    return float("nan") if value is None else float(value)
+    return None if value is None or not math.isfinite(value) else float(value)
 
 
 def _modelopt_version() -> str:

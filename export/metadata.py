@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from ifseg_deploy.artifacts import check_artifact, incomplete
+from ifseg_deploy.errors import ArtifactError
 from ifseg_deploy.refine import PAPER_REFINEMENT
 
 from .spec import InputSpec, SpecError
@@ -25,7 +28,7 @@ PROBS_NAME = "probs"
 LABELS_NAME = "labels"
 
 
-class MetadataError(ValueError):
+class MetadataError(ArtifactError):
     """An ONNX file without (or with broken) ifseg-deploy metadata."""
 
 
@@ -112,3 +115,27 @@ def write_metadata(model: Any, info: ModelInfo) -> None:
 def read_metadata(model: Any, source: str = "the model") -> ModelInfo:
     """From an ``onnx.ModelProto``."""
     return ModelInfo.from_props({p.key: p.value for p in model.metadata_props}, source)
+
+
+def load_onnx(path: str | Path) -> Any:
+    """The ``onnx.ModelProto`` of an .onnx file, without external weights (only the graph and metadata are
+    needed to describe it). A missing, empty, truncated or non-ONNX file raises
+    :class:`~ifseg_deploy.artifacts.ArtifactError` ("... is not a complete ONNX file"), not protobuf's
+    ``DecodeError``."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    p = check_artifact(path, "onnx")
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except DecodeError as e:
+        raise incomplete(p, "onnx", f"protobuf cannot decode it ({e})") from None
+    # Protobuf reads a file cut between two fields (or a few stray bytes) as a valid but partial message.
+    if model.ir_version <= 0 or not model.HasField("graph") or not len(model.graph.node):
+        raise incomplete(p, "onnx", "it holds no model graph")
+    return model
+
+
+def read_info(path: str | Path) -> ModelInfo:
+    """The :class:`ModelInfo` of an exported .onnx file (see :func:`load_onnx` for what is refused)."""
+    return read_metadata(load_onnx(path), str(path))

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ifseg_deploy.errors import BackendError
+
 from .metadata import INPUT_NAME, LABELS_NAME, PROBS_NAME, ModelInfo, write_metadata
 from .parity import FP32_AGREEMENT, ParityReport, check, compare, ort_probs, torch_reference
 from .spec import InputSpec
@@ -46,7 +48,7 @@ MAX_SINGLE_FILE_BYTES = 2**31 - 2**20
 FOLD_LIMIT_BYTES = 4 * 2**20
 
 
-class ExportError(RuntimeError):
+class ExportError(BackendError):
     """The export could not produce a valid file (nothing was written at the output path)."""
 
 
@@ -231,10 +233,9 @@ def export_onnx(adapted: Any, out: str | Path, spec: InputSpec, *, refine: bool 
 
 def _commit(staged: Path, out: Path) -> None:
     """fsync and rename into place: ``out`` is either the previous file or the complete new one."""
-    from ifseg_deploy.atomic import fsync_dir
+    from ifseg_deploy.atomic import publish
 
     with open(staged, "rb") as f:
         os.fsync(f.fileno())
-    os.replace(staged, out)
-    fsync_dir(out.parent)
+    publish(staged, out)
 

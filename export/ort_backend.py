@@ -12,15 +12,17 @@ import contextlib
 import functools
 import hashlib
 import io
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ifseg_deploy.artifacts import check_artifact
 from ifseg_deploy.runtime.backend import Backend
 
-from .metadata import INPUT_NAME, PROBS_NAME, MetadataError, ModelInfo
+from .metadata import INPUT_NAME, PROBS_NAME, MetadataError, ModelInfo, read_info
 
 TRT_EP, CUDA_EP, CPU_EP = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
 PREFERENCE = (TRT_EP, CUDA_EP, CPU_EP)
@@ -49,10 +51,13 @@ def default_providers(device: str | None) -> list[str]:
     d = "auto" if device is None else str(device).lower()
     if d == "cpu":
         return [CPU_EP]
-    if d.startswith("cuda"):
+    if re.fullmatch(r"cuda(:\d+)?", d):
         return [CUDA_EP, CPU_EP]
     if d in ("tensorrt", "trt"):
         return [TRT_EP, CUDA_EP, CPU_EP]
+    if d != "auto":
+        raise ValueError(f"unknown device {device!r} for the onnxruntime backend; use cpu, cuda, cuda:N, tensorrt "
+                         "or auto")
     usable = usable_providers()
     return [p for p in PREFERENCE if p in usable] or [CPU_EP]
 
@@ -101,9 +106,7 @@ class OrtBackend(Backend):
         to load is an error; with device None/"auto" the session falls back to what works.
         """
         ort = _ort()
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such ONNX file")
+        path = check_artifact(path, "onnx")
         opts = session_options or ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = int(threads)
@@ -129,13 +132,7 @@ class OrtBackend(Backend):
 
     @staticmethod
     def _read_info(path: Path) -> ModelInfo:
-        import onnx
-
-        # load_external_data=False: only the graph's metadata is needed here, not the weights.
-        model = onnx.load(str(path), load_external_data=False)
-        from .metadata import read_metadata
-
-        return read_metadata(model, str(path))
+        return read_info(path)
 
     @staticmethod
     def _provider_options(wanted: Sequence[str], info: ModelInfo, path: Path, device: str | None, fp16: bool,

@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ifseg_deploy.artifacts import guess_kind
+from ifseg_deploy.errors import UsageError
+
 from .metadata import ModelInfo
 from .parity import FP32_AGREEMENT, REDUCED_AGREEMENT, ParityReport
 from .spec import InputSpec
@@ -26,7 +29,7 @@ FORMATS = ("onnx", "tensorrt")
 Echo = Callable[[str], None]
 
 
-class ExportUsageError(ValueError):
+class ExportUsageError(UsageError):
     """An impossible combination of options (the message says what to do instead)."""
 
 
@@ -46,7 +49,7 @@ def default_precision(fmt: str) -> str:
 def export_model(model: str | Path, out: str | Path, *, format: str = "onnx", precision: str | None = None,
                  input_spec: InputSpec | None = None, refine: bool = True, labels: bool = False, opset: int = 18,
                  calib_images: str | Path | None = None, calib_method: str = "entropy", calib_max: int = 500,
-                 agreement_threshold: float = FP32_AGREEMENT,
+                 calib_min: int = 4, agreement_threshold: float = FP32_AGREEMENT,
                  reduced_agreement_threshold: float = REDUCED_AGREEMENT, max_miou_drop: float | None = 0.01,
                  eval_dataset: str | None = None, eval_root: str | Path | None = None,
                  eval_limit: int | None = None, workspace_bytes: int = 1 << 30,
@@ -57,7 +60,9 @@ def export_model(model: str | Path, out: str | Path, *, format: str = "onnx", pr
     ``format`` "onnx" writes an .onnx file (precision fp32 or int8); "tensorrt" builds an engine on this
     machine's GPU (fp32, fp16 or int8) and writes ``out`` plus its ``.json`` sidecar. ``input_spec``: fixed or
     dynamic shapes (default: fixed 512 x 683, a 640 x 480 camera after the runtime's resize); ignored when
-    ``model`` is already an .onnx file, which carries its own.
+    ``model`` is already an .onnx file, which carries its own. INT8 calibration skips unreadable images (with a
+    warning naming each) and needs ``min(calib_min, calib_max)`` readable ones; ``eval_dataset`` (a name of
+    :data:`ifseg_deploy.evaluation.registry.DATASETS`) adds the mIoU gate ``max_miou_drop``.
     """
     if format not in FORMATS:
         raise ExportUsageError(f"format must be one of {FORMATS}, got {format!r}")
@@ -71,15 +76,31 @@ def export_model(model: str | Path, out: str | Path, *, format: str = "onnx", pr
     if precision == "int8" and calib_images is None and not _is_int8_onnx(model):
         raise ExportUsageError("int8 needs --calib-images DIR: a folder of unlabeled, representative photos "
                                "(hundreds; modelopt advises >= 500 for ViT/CNN models)")
+    if calib_min < 1 or calib_max < 1:
+        raise ExportUsageError(f"calib_min and calib_max must be >= 1, got {calib_min} and {calib_max}")
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
+    calib_min = min(calib_min, calib_max)
+    dataset = None
+    if precision == "int8" and calib_images is not None and not _is_int8_onnx(model):
+        # Checked before any export work: a folder with too few images fails in a second, not after minutes.
+        from .inputs import CalibrationError, list_images
+
+        n_files = len(list_images(calib_images, calib_max))
+        if n_files < calib_min:
+            raise CalibrationError(f"{calib_images} holds {n_files} image file(s), fewer than the {calib_min} "
+                                   "calibration images required (--calib-min)")
+        if eval_dataset is not None:
+            from ifseg_deploy.evaluation.registry import get_dataset
+
+            dataset = get_dataset(eval_dataset, eval_root)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=out.parent))
     try:
         return _export(Path(model), out, work, format, precision, input_spec, refine, labels, opset, calib_images,
-                       calib_method, calib_max, agreement_threshold, reduced_agreement_threshold, max_miou_drop,
-                       eval_dataset, eval_root, eval_limit, workspace_bytes, engine_cache, device, overwrite, echo)
+                       calib_method, calib_max, calib_min, agreement_threshold, reduced_agreement_threshold,
+                       max_miou_drop, dataset, eval_limit, workspace_bytes, engine_cache, device, overwrite, echo)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -94,9 +115,9 @@ def _is_int8_onnx(model: str | Path) -> bool:
 
 
 def _export(model: Path, out: Path, work: Path, fmt: str, precision: str, spec: InputSpec | None, refine: bool,
-            labels: bool, opset: int, calib_images: Any, calib_method: str, calib_max: int, agree: float,
-            reduced_agree: float, max_miou_drop: float | None, eval_dataset: str | None, eval_root: Any,
-            eval_limit: int | None, workspace: int, engine_cache: Any, device: str | None, overwrite: bool,
+            labels: bool, opset: int, calib_images: Any, calib_method: str, calib_max: int, calib_min: int,
+            agree: float, reduced_agree: float, max_miou_drop: float | None, dataset: Any, eval_limit: int | None,
+            workspace: int, engine_cache: Any, device: str | None, overwrite: bool,
             echo: Echo) -> ExportSummary:
     from .onnx_export import _commit, export_onnx
     from .ort_backend import OrtBackend
@@ -122,6 +143,9 @@ def _export(model: Path, out: Path, work: Path, fmt: str, precision: str, spec: 
         onnx_path = model
         if spec is not None:
             echo(f"note: {model} is already exported; its own input shapes are used, not the ones given")
+    elif guess_kind(model) == "engine":
+        raise ExportUsageError(f"{model} is a TensorRT engine, the end product of export; export takes an "
+                               "adapted-model directory or an .onnx file")
     else:
         raise ExportUsageError(f"{model} is neither an adapted-model directory nor an .onnx file")
     info = OrtBackend._read_info(onnx_path)
@@ -129,7 +153,7 @@ def _export(model: Path, out: Path, work: Path, fmt: str, precision: str, spec: 
     # 2. INT8 Q/DQ
     if precision == "int8" and info.precision != "int8":
         onnx_path, info, report = _quantize(onnx_path, info, work, calib_images, calib_method, calib_max,
-                                            reduced_agree, max_miou_drop, eval_dataset, eval_root, eval_limit, echo)
+                                            calib_min, reduced_agree, max_miou_drop, dataset, eval_limit, echo)
         reports.append(report)
         if fmt == "onnx":
             _commit(onnx_path, out)
@@ -145,24 +169,24 @@ def _export(model: Path, out: Path, work: Path, fmt: str, precision: str, spec: 
 
 
 def _quantize(fp32_path: Path, info: ModelInfo, work: Path, calib_images: Any, method: str, calib_max: int,
-              min_agreement: float, max_miou_drop: float | None, eval_dataset: str | None, eval_root: Any,
+              calib_min: int, min_agreement: float, max_miou_drop: float | None, dataset: Any,
               eval_limit: int | None, echo: Echo) -> tuple[Path, ModelInfo, ParityReport]:
     from .inputs import calibration_batch, list_images, parity_inputs
     from .int8 import check_int8, quantize_int8
 
+    if dataset is not None:  # a model for other classes is refused before the calibration, not after
+        from ifseg_deploy.evaluation.evaluate import match_classes
+
+        match_classes(info.categories, dataset.classes, getattr(dataset, "aliases", None),
+                      getattr(dataset, "name", "the dataset"))
     files = list_images(calib_images, calib_max)
     echo(f"calibrating INT8 ({method}) on {len(files)} image(s) from {calib_images} at "
          f"{info.input.opt_size[0]}x{info.input.opt_size[1]} on onnxruntime CPU ...")
-    batch = calibration_batch(files, info.preprocessing, info.input)
+    batch = calibration_batch(files, info.preprocessing, info.input, min_images=calib_min, warn=echo)
     q = quantize_int8(fp32_path, work / "model.int8.onnx", batch, method=method,
-                      calibration_source=f"{len(files)} image(s) from {Path(calib_images).name}")
+                      calibration_source=f"{len(batch)} image(s) from {Path(calib_images).name}")
     echo(f"quantized {q.quantized_nodes} tensors (Q/DQ); LayerNorm, Softmax and the other precision-sensitive ops "
          "left unquantized")
-    dataset = None
-    if eval_dataset is not None:
-        from ifseg_deploy.evaluation.registry import get_dataset
-
-        dataset = get_dataset(eval_dataset, eval_root)
     inputs, data = parity_inputs(info.input, info.preprocessing, 8, seed=1)
     report = check_int8(fp32_path, q.path, inputs, data=data, min_agreement=min_agreement,
                         max_miou_drop=max_miou_drop, eval_dataset=dataset, eval_limit=eval_limit, echo=echo)
@@ -192,13 +216,6 @@ def _engine(onnx_path: Path, info: ModelInfo, out: Path, precision: str, min_agr
         reports.append(report)
     finally:
         backend.close()
-    # Plan first, sidecar last: until the new sidecar is in place, nothing vouches for a half-replaced pair.
-    staged = out.with_name(f".{out.name}.staged")
-    write_engine(staged, plan, key, info.to_props())
-    side = sidecar_path(out)
-    if side.exists():
-        side.unlink()
-    staged.replace(out)
-    sidecar_path(staged).replace(side)
+    write_engine(out, plan, key, info.to_props())  # plan and sidecar staged, then renamed: see write_engine
     echo(f"wrote {out} and {sidecar_path(out).name} ({len(plan) / 2**20:.1f} MiB); engine cache: {cache.root}")
     return ExportSummary(out, "tensorrt", precision, info, reports)

@@ -17,7 +17,7 @@ import numpy as np
 
 from ifseg_deploy.runtime.backend import Backend
 
-from .engine_cache import EngineCache, read_engine
+from .engine_cache import EngineCache, EngineEnvironment, check_environment, read_engine
 from .metadata import INPUT_NAME, PROBS_NAME, ModelInfo
 from .trt_build import BuildOptions, TensorRTUnavailableError, build_or_load, device_environment, import_pycuda
 from .trt_build import import_tensorrt as _import_tensorrt
@@ -100,9 +100,17 @@ class TensorRTBackend(Backend):
     @classmethod
     def from_file(cls, path: str | Path, *, device: str | int | None = None, precision: str | None = None,
                   cache_dir: str | Path | None = None, rebuild: bool = False,
-                  workspace_bytes: int | None = None, echo: Any = None) -> TensorRTBackend:
+                  workspace_bytes: int | None = None, echo: Any = None,
+                  environment: EngineEnvironment | None = None) -> TensorRTBackend:
         """Open ``model.engine`` (checked against its sidecar and this machine) or ``model.onnx`` (engine from the
-        cache in ``cache_dir``, built if absent or stale; ``precision`` fp16 by default, int8 for a Q/DQ file)."""
+        cache in ``cache_dir``, built if absent or stale; ``precision`` fp16 by default, int8 for a Q/DQ file).
+
+        An engine file is checked before TensorRT is even imported: its sidecar is present and well-formed, the
+        plan matches the sidecar's SHA-256, and the TensorRT version, GPU name and compute capability it was built
+        with are those of ``environment``, the machine it is to run on (default: this one, as TensorRT and CUDA
+        report it). A failed check raises :class:`~.engine_cache.CorruptEngineError` or
+        :class:`~.engine_cache.StaleEngineError` saying what differs; the plan is never deserialized.
+        """
         path = Path(path)
         index = _device_index(device)
         say = echo or log.info
@@ -115,8 +123,9 @@ class TensorRTBackend(Backend):
             plan, _, engine_path = build_or_load(path, info, options, EngineCache(cache_dir), index, rebuild, say)
             info.precision = prec
             return cls(plan, info, index, engine_path)
-        env = device_environment(index)
-        plan, record = read_engine(path, environment=env)
+        plan, record = read_engine(path)  # present, sidecar, checksum: no TensorRT needed
+        here = environment if environment is not None else device_environment(index)
+        check_environment(path, record["key"], here)
         info = ModelInfo.from_props(record["metadata"], str(path))
         return cls(plan, info, index, path)
 

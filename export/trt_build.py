@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .engine_cache import EngineCache, EngineKey, sha256_file
+from ifseg_deploy.errors import BackendError
+
+from .engine_cache import EngineCache, EngineEnvironment, EngineKey, sha256_file
 from .metadata import INPUT_NAME, ModelInfo
 
 if TYPE_CHECKING:
@@ -31,11 +33,11 @@ DEFAULT_WORKSPACE = 1 << 30
 HEARTBEAT_SECONDS = 30.0
 
 
-class TensorRTUnavailableError(RuntimeError):
+class TensorRTUnavailableError(BackendError):
     """TensorRT (or pycuda, or a CUDA GPU) is missing."""
 
 
-class EngineBuildError(RuntimeError):
+class EngineBuildError(BackendError):
     """TensorRT could not build an engine."""
 
 
@@ -68,14 +70,14 @@ def import_pycuda() -> Any:
     return cuda
 
 
-def device_environment(device_index: int = 0) -> dict[str, str]:
-    """TensorRT version, GPU name and compute capability: the machine half of an :class:`EngineKey`."""
+def device_environment(device_index: int = 0) -> EngineEnvironment:
+    """This machine's TensorRT version, GPU name and compute capability (the machine half of an
+    :class:`EngineKey`), queried from TensorRT and CUDA."""
     version = import_tensorrt().__version__
     cuda = import_pycuda()
     dev = cuda.Device(device_index)
     major, minor = dev.compute_capability()
-    return {"tensorrt_version": str(version), "gpu_name": str(dev.name()),
-            "compute_capability": f"{major}.{minor}"}
+    return EngineEnvironment(str(version), str(dev.name()), f"{major}.{minor}")
 
 
 @dataclass
@@ -95,10 +97,9 @@ class BuildOptions:
                 "fp32_pins": pins if self.pin_fp32 and self.precision != "fp32" else None}
 
 
-def engine_key(onnx_path: str | Path, info: ModelInfo, options: BuildOptions, env: dict[str, str]) -> EngineKey:
-    return EngineKey.create(sha256_file(onnx_path), env["tensorrt_version"], env["gpu_name"],
-                            env["compute_capability"], options.precision, info.input.shapes(),
-                            options.key_options())
+def engine_key(onnx_path: str | Path, info: ModelInfo, options: BuildOptions, env: EngineEnvironment) -> EngineKey:
+    return EngineKey.create(sha256_file(onnx_path), env.tensorrt_version, env.gpu_name, env.compute_capability,
+                            options.precision, info.input.shapes(), options.key_options())
 
 
 def check_precision(info: ModelInfo, precision: str) -> None:
@@ -274,6 +275,7 @@ def build_or_load(onnx_path: str | Path, info: ModelInfo, options: BuildOptions,
                   device_index: int = 0, rebuild: bool = False, echo: Echo = log.info
                   ) -> tuple[bytes, EngineKey, Path]:
     """The cached engine for this model, precision, profile and machine, built first if absent or stale."""
+    check_precision(info, options.precision)
     env = device_environment(device_index)
     key = engine_key(onnx_path, info, options, env)
     if not rebuild:
@@ -281,7 +283,7 @@ def build_or_load(onnx_path: str | Path, info: ModelInfo, options: BuildOptions,
         if hit is not None:
             echo(f"using the cached engine {cache.path_for(key)}")
             return hit[0], key, cache.path_for(key)
-    tc = cache.timing_cache_path(env["tensorrt_version"], env["compute_capability"], env["gpu_name"])
+    tc = cache.timing_cache_path(env.tensorrt_version, env.compute_capability, env.gpu_name)
     tc.parent.mkdir(parents=True, exist_ok=True)
     plan = build_engine(onnx_path, info, options, tc, echo)
     path = cache.store(key, plan, _engine_metadata(info, options))

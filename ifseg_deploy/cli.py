@@ -11,15 +11,55 @@ from typing import Any
 
 import click
 
+from .errors import IfsegError
 from .version import __version__
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+DEBUG_ENV = "IFSEG_DEPLOY_DEBUG"
 
 
-@click.group(context_settings=CONTEXT_SETTINGS)
+class Group(click.Group):
+    """The command group: a user error (an :class:`~ifseg_deploy.errors.IfsegError`, or an OSError such as a
+    missing or unwritable path) is printed as ``Error: ...`` with exit status 1 (2 for usage errors), never as
+    a traceback. ``--debug`` / ``IFSEG_DEPLOY_DEBUG=1`` re-raises the original exception instead, traceback and
+    all, also where a command already turned it into a message."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as e:
+            cause = e.__context__
+            if ctx.meta.get("ifseg_debug") and isinstance(cause, Exception) and not isinstance(
+                    cause, click.ClickException):
+                raise cause.with_traceback(cause.__traceback__) from None
+            raise
+        except (IfsegError, OSError) as e:
+            if ctx.meta.get("ifseg_debug"):
+                raise
+            usage = getattr(e, "exit_code", 1) == 2
+            raise (click.UsageError if usage else click.ClickException)(user_message(e)) from None
+
+
+def user_message(e: BaseException) -> str:
+    """The one-line-or-more text of a user error: its message, or for an OSError from the system, what failed
+    and on which path."""
+    if isinstance(e, OSError) and e.strerror and e.filename is not None:
+        paths = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else str(e.filename)
+        return f"{paths}: {e.strerror}"
+    return str(e) or type(e).__name__
+
+
+def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    ctx.meta["ifseg_debug"] = bool(value)
+    return value
+
+
+@click.group(cls=Group, context_settings=CONTEXT_SETTINGS)
 @click.version_option(
     __version__, "--version", "-V", prog_name="ifseg-deploy", message="%(prog)s %(version)s"
 )
+@click.option("--debug", is_flag=True, envvar=DEBUG_ENV, callback=_set_debug, expose_value=False, is_eager=True,
+              help=f"Show the Python traceback of an error instead of its message (also: {DEBUG_ENV}=1).")
 def cli() -> None:
     """Image-free semantic segmentation (IFSeg) on OFA, deployed to NVIDIA edge devices.
 
@@ -82,11 +122,12 @@ def inspect(checkpoint: str, bpe_dir: str | None, arch: str | None, categories: 
     """
     from .checkpoints.errors import CheckpointError
     from .pretrained import AdaptedModel
+    from .tokenizer import PromptTooLongError
 
     names = read_categories(categories, categories_file)
     try:
         adapted = AdaptedModel.from_ofa(checkpoint, names, bpe_dir=bpe_dir, arch=arch)
-    except CheckpointError as e:
+    except (CheckpointError, PromptTooLongError) as e:
         raise click.ClickException(str(e)) from None
     model, tok = adapted.model, adapted.tokenizer
     cfg = model.cfg

@@ -11,12 +11,14 @@ from typing import Any
 
 import torch
 
+from .artifacts import ArtifactError, check_artifact, incomplete_message, size_text
 from .atomic import atomic_directory
 from .checkpoints.errors import CheckpointError
 from .checkpoints.safe_load import load_safetensors
+from .modeling.position import max_text_tokens
 from .modeling.segofa import SegOFA
 from .presets import OFAConfig
-from .tokenizer import DEFAULT_PROMPT, OFATokenizer, TokenizerError
+from .tokenizer import DEFAULT_PROMPT, OFATokenizer, PromptTooLongError, TokenizerError
 from .version import __version__
 
 FORMAT_NAME = "ifseg-deploy/adapted-model"
@@ -82,17 +84,28 @@ class AdaptedModel:
         return Path(out_dir)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> AdaptedModel:
-        """Load a directory written by :meth:`save_pretrained`; refuses anything else with a clear message."""
-        path = Path(path)
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", *,
+                        categories: Sequence[str] | None = None, prompt: str | None = None) -> AdaptedModel:
+        """Load a directory written by :meth:`save_pretrained`; refuses anything else with a clear message.
+
+        ``categories`` (with ``prompt``, default the saved one) re-target the model to other names: the class
+        table is rebuilt from them, and a prompt longer than the encoder's text positions raises
+        :class:`~ifseg_deploy.tokenizer.PromptTooLongError` before the weights are read.
+        """
+        try:
+            path = check_artifact(path, "model")
+        except ArtifactError as e:
+            raise CheckpointError(str(e)) from None
         cfg_file = path / CONFIG_FILE
         if not cfg_file.is_file():
             raise CheckpointError(f"{path} is not an adapted-model directory (no {CONFIG_FILE}); "
                                   "create one with `ifseg-deploy adapt`")
         try:
-            conf = json.loads(cfg_file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{cfg_file} is corrupt ({e})") from None
+            conf = json.loads(cfg_file.read_text(encoding="utf-8"))
+            if not isinstance(conf, dict):
+                raise ValueError(f"a JSON {type(conf).__name__}, not an object")
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
+            raise _incomplete(path, f"{cfg_file} is corrupt ({size_text(cfg_file)}; {e})") from None
         if conf.get("format") != FORMAT_NAME:
             raise CheckpointError(f"{cfg_file} is not an ifseg-deploy adapted model (format {conf.get('format')!r})")
         if int(conf.get("format_version", 0)) > FORMAT_VERSION:
@@ -100,18 +113,38 @@ class AdaptedModel:
                                   f"this is {__version__} reading format {FORMAT_VERSION}); upgrade the package")
         try:
             arch = OFAConfig.from_dict(conf["architecture"])
-            categories = list(conf["categories"])
+            saved = list(conf["categories"])
             tokenizer = OFATokenizer.from_dir(path)
+            prompt = conf.get("prompt", DEFAULT_PROMPT) if prompt is None else prompt
+            if categories is not None:
+                categories = [c.strip() for c in categories]
+                name_tokens = tokenizer.name_tokens(categories)
+                tokenizer.check_prompt_length(categories, max_text_tokens(arch.max_source_positions), prompt)
+        except PromptTooLongError:
+            raise
         except (KeyError, TypeError, ValueError) as e:
             if isinstance(e, TokenizerError):
-                raise CheckpointError(str(e)) from None
-            raise CheckpointError(f"{cfg_file} is incomplete or invalid ({e})") from None
-        state = load_safetensors(path / WEIGHTS_FILE)
-        model = SegOFA(arch, num_classes=len(categories))
+                raise _incomplete(path, str(e)) from None
+            raise _incomplete(path, f"{cfg_file} is incomplete or invalid ({e})") from None
+        weights = path / WEIGHTS_FILE
+        if not weights.is_file():
+            raise _incomplete(path, f"{WEIGHTS_FILE} is missing")
+        try:
+            state = load_safetensors(weights)
+        except CheckpointError as e:
+            raise _incomplete(path, str(e)) from None
+        model = SegOFA(arch, num_classes=len(saved))
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as e:
             raise CheckpointError(f"{path / WEIGHTS_FILE} does not match {cfg_file}: {str(e).splitlines()[0]}"
                                   ) from None
-        return cls(model.to(device).eval(), tokenizer, categories, conf.get("prompt", DEFAULT_PROMPT),
+        if categories is not None:
+            model.set_prompt(tokenizer.prompt_ids(categories, prompt), name_tokens)
+        return cls(model.to(device).eval(), tokenizer, saved if categories is None else categories, prompt,
                    conf.get("preprocessing", dict(DEFAULT_PREPROCESSING)), conf.get("metadata", {}))
+
+
+def _incomplete(path: Path, why: str) -> CheckpointError:
+    """A model directory whose files are damaged: the message says which file, its size, and what to do."""
+    return CheckpointError(incomplete_message(path, "model", why))

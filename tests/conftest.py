@@ -12,6 +12,7 @@ import torch
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 GOLDEN_DIR = SHARED / "segofa_golden"
 REAL_BPE_DIR = SHARED / "ofa_bpe"
+HF_PORT_KEYS_DIR = SHARED / "hf_port_keys"
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +38,14 @@ def real_bpe_dir() -> Path:
     return REAL_BPE_DIR
 
 
+@pytest.fixture(scope="session")
+def hf_port_keys_dir() -> Path:
+    if not (HF_PORT_KEYS_DIR / "state_dict_keys.json").is_file():
+        pytest.skip(f"the official HF OFA port's key list not found at {HF_PORT_KEYS_DIR} (test data kept outside "
+                    "the repo)")
+    return HF_PORT_KEYS_DIR
+
+
 @pytest.fixture(autouse=True)
 def _deterministic() -> None:
     torch.manual_seed(0)
@@ -50,3 +59,17 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def demo_report(tmp_path_factory: pytest.TempPathFactory):
+    """`demo --quick` run once per session: (out folder, report). The folder holds the synthetic world's trained
+    model (model/), model.onnx, model.int8.onnx and calibration_images/; treat it as read-only."""
+    pytest.importorskip("onnxruntime", reason="the demo exports ONNX: needs the [onnx] extra")
+    pytest.importorskip("modelopt", reason="the demo quantizes to INT8: needs the [int8] extra")
+    from ifseg_deploy.demo import DemoSettings, run_demo
+
+    root = tmp_path_factory.mktemp("demo")
+    report = run_demo(root / "out", DemoSettings.quick(), cache_dir=root / "cache", progress=False,
+                      echo=lambda _: None)
+    return root / "out", report

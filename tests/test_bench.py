@@ -229,7 +229,8 @@ def test_mode_kernel_reports_each_implementation(tmp_path):
     report = json.loads((tmp_path / "kernel.json").read_text())
     res = report["result"]["results"]
     assert {"triton", "torch", "torch.compile", "official"} <= set(res)
-    assert res["torch"]["status"] == "ok" and res["torch"]["max_abs_diff_fwd"] == 0
+    # measured against the benchmark's float64 composition, not against itself
+    assert res["torch"]["status"] == "ok" and 0 < res["torch"]["max_abs_diff_fwd"] < 1e-5
     assert res["official"]["status"] == "ok"
     assert "| implementation | status |" in (tmp_path / "kernel.md").read_text()
 

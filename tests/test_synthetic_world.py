@@ -38,10 +38,15 @@ def test_any_size(size):
 
 
 def test_regions_and_concept_assignment():
-    # Regions take concepts from a shuffled list: with n <= K regions every region is a different concept.
+    # Regions take concepts from a shuffled list: with n <= K regions every region is a different concept, so
+    # n visible regions show n concepts (drawing with replacement would repeat one in 4 of 5 such scenes).
     for seed in range(20):
         _, mask = make_scene(seed, (128, 128), num_regions=5)
-        assert 1 <= len(np.unique(mask)) <= 5
+        assert len(np.unique(mask)) == 5, seed
+    k = len(DEFAULT_CATEGORIES)
+    for seed in range(5):  # n = K: every concept exactly once
+        _, mask = make_scene(seed, (64, 64), num_regions=k)
+        assert np.array_equal(np.unique(mask), np.arange(k)), seed
     _, mask = make_scene(0, (128, 128), num_regions=1)
     assert len(np.unique(mask)) == 1
     with pytest.raises(ValueError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
 import time
 from collections.abc import Sequence
@@ -96,14 +97,43 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 
 def _load_start_model(checkpoint: str | Path, categories: Sequence[str], *, bpe_dir, arch, prompt: str,
                       seed: int) -> AdaptedModel:
+    """The model to adapt; both loaders refuse a too-long prompt before they read the weights."""
     path = Path(checkpoint)
     if path.is_dir() and (path / "model.safetensors").is_file():  # a model directory (e.g. `inspect --save`)
-        start = AdaptedModel.from_pretrained(path)
-        cats = [c.strip() for c in categories]
-        start.model.set_prompt(start.tokenizer.prompt_ids(cats, prompt), start.tokenizer.name_tokens(cats))
-        start.categories, start.prompt = cats, prompt
-        return start
+        return AdaptedModel.from_pretrained(path, categories=categories, prompt=prompt)
     return AdaptedModel.from_ofa(path, categories, bpe_dir=bpe_dir, arch=arch, prompt=prompt, seed=seed)
+
+
+def resolve_device(device: str | torch.device | None, ctx: dist_utils.DistContext) -> torch.device:
+    """The training device; ValueError for a name torch does not know or a CUDA device that is not there."""
+    if device is None:
+        return ctx.default_device()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N ({e})") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: no CUDA device is available here; use cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise ValueError(f"device {device!r}: adaptation runs on cpu or cuda[:N]")
+    return dev
+
+
+def check_kernel(kernel: str, dev: torch.device) -> None:
+    """Refuse ``kernel="triton"`` where it would fail at the first step (no triton, or no CUDA device)."""
+    if kernel != "triton":
+        return
+    from ..kernels.wordmap import resolve_impl
+
+    try:
+        resolve_impl("triton", dev.type)
+    except RuntimeError as e:  # triton does not import
+        raise ValueError(str(e)) from None
+    if dev.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"kernel triton runs on a CUDA device, not {dev}; use --kernel torch (or auto)")
 
 
 def _fingerprint(path: str | Path) -> dict:
@@ -149,14 +179,16 @@ def adapt(checkpoint: str | Path, categories: Sequence[str], out: str | Path, co
     images smaller than the paper's 512 px). ``_crash_at_step`` is a test hook that dies without saving, as a
     killed process would.
     """
+    # Every input is checked before OUT.partial/ is created (or an old one replaced): a refused run loses nothing.
     cfg = config or AdaptConfig()
     ctx = dist_utils.DistContext.from_env()
     cfg.validate(ctx.world_size)
     out = Path(out)
     work = out.with_name(out.name + ".partial")
     _check_paths(out, work, resume=resume, overwrite=overwrite)
-    dev = torch.device(device) if device is not None else ctx.default_device()
+    dev = resolve_device(device, ctx)
     amp_dtype = resolve_precision(cfg.precision, dev)
+    check_kernel(cfg.kernel, dev)
 
     start = _load_start_model(checkpoint, categories, bpe_dir=bpe_dir, arch=arch, prompt=prompt, seed=cfg.seed)
     model = start.model
@@ -173,7 +205,8 @@ def adapt(checkpoint: str | Path, categories: Sequence[str], out: str | Path, co
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_factor(cfg.steps))
     scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype == torch.float16)
-    data = ArtificialMaps(model.num_classes, cfg.grid_max, seed=cfg.seed, rank=ctx.rank, device=dev)
+    data = ArtificialMaps(model.num_classes, cfg.grid_max, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size,
+                          device=dev)
     step_module = WordMapStep(model, cfg)
     runner = ctx.wrap(step_module, dev)
 
@@ -183,18 +216,19 @@ def adapt(checkpoint: str | Path, categories: Sequence[str], out: str | Path, co
     if resume:
         step = _restore(work / CHECKPOINT, run_info, model, optimizer, scheduler, scaler, data, ctx, dev)
     elif ctx.is_main:
-        work.mkdir(parents=True, exist_ok=True)
+        if work.exists():  # an interrupted run that --overwrite discards (_check_paths refused it otherwise)
+            _remove_work_dir(work)
+        work.mkdir(parents=True)
         atomic_write_text(work / RUN_CONFIG, json.dumps(run_info, indent=2) + "\n")
         (work / METRICS).write_text("")
     ctx.barrier()
 
-    local_batch = cfg.batch_size // ctx.world_size
     last_loss = float("nan")
     bar = _progress(cfg.steps, step, enabled=progress and ctx.is_main)
     t0, samples_since = time.perf_counter(), 0
     with _StopFlag() as stop:
         while step < cfg.steps:
-            grid, sizes = data.sample(local_batch)
+            grid, sizes = data.sample(cfg.batch_size)  # this rank's slice of the global batch
             with torch.autocast(dev.type, dtype=amp_dtype) if amp_dtype else nullcontext():
                 logits = runner(grid, sizes)
             target = wordmap_targets(grid, sizes, cfg.target_size)
@@ -246,17 +280,16 @@ def adapt(checkpoint: str | Path, categories: Sequence[str], out: str | Path, co
 
 
 def _check_paths(out: Path, work: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse paths that would lose data; changes nothing on disk."""
     if resume:
         if not (work / CHECKPOINT).is_file():
             raise FileNotFoundError(f"nothing to resume: {work / CHECKPOINT} does not exist")
         return
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
-    if work.exists():
-        if not overwrite:
-            raise FileExistsError(f"an interrupted run is in {work}: pass --resume to continue it, "
-                                  "or --overwrite to start again")
-        _remove_work_dir(work)
+    if work.exists() and not overwrite:
+        raise FileExistsError(f"an interrupted run is in {work}: pass --resume to continue it, "
+                              "or --overwrite to start again")
 
 
 def _remove_work_dir(work: Path) -> None:

@@ -11,6 +11,7 @@ import click
 from ..cli import categories_option
 
 MODES = ["inference", "adapt", "kernel"]
+PRESET_NAMES = ["tiny", "medium", "base", "large", "huge"]
 BACKEND_NAMES = ("torch", "onnxruntime", "tensorrt")
 PRECISION_NAMES = ("fp32", "fp16", "int8", "int8-dynamic")
 
@@ -59,9 +60,10 @@ def _sizes(ctx: click.Context, param: click.Parameter, value: str | None):
               help="Adapted-model directory (the PyTorch baseline), and any .onnx / .engine exported from it; "
                    "repeat the option. An `ifseg-deploy demo` output folder brings model/, model.onnx and "
                    "model.int8.onnx at once.")
-@click.option("--preset", help="Instead of --model: a random-weight model of this preset (tiny, medium, base, large, "
-                               "huge), written to OUT/model; its ONNX / INT8 files are exported into OUT/exports. "
-                               "With --mode adapt: the preset to train. [adapt default: tiny]")
+@click.option("--preset", type=click.Choice(PRESET_NAMES),
+              help="Instead of --model: a random-weight model of this preset, written to OUT/model; its ONNX / INT8 "
+                   "files are exported into OUT/exports. With --mode adapt: the preset to train. [adapt default: "
+                   "tiny]")
 @click.option("--bpe-dir", type=click.Path(exists=True, file_okay=False),
               help="--preset: OFA's BPE files (encoder.json, vocab.bpe, dict.txt) for a real prompt length; "
                    "default categories are then ADE20K's 150. Without it: the synthetic world's vocabulary and "
@@ -132,6 +134,9 @@ def bench(mode: str, models: tuple[str, ...], preset: str | None, bpe_dir: str |
     bench.png into --out.
     """
     command = "ifseg-deploy " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None
+    from ifseg_deploy.bench.inference import resolve_device
+
+    resolve_device(device)  # a bad --device is a usage error in every mode (the CLI prints it, no traceback)
     ctx = click.get_current_context()
     if mode != "inference":  # the modules' own defaults unless given
         if ctx.get_parameter_source("warmup") == click.core.ParameterSource.DEFAULT:
@@ -188,12 +193,13 @@ def bench(mode: str, models: tuple[str, ...], preset: str | None, bpe_dir: str |
         calib_images=calib_images, calib_max=calib_max, threads=threads, device=device, dataset=dataset_name,
         root=root, limit=limit, refine=not no_refine, plot=not no_plot, profile=profile, command=command)
     from ..checkpoints.errors import CheckpointError
+    from ..tokenizer import TokenizerError
 
     try:
         report = run_inference(settings, echo=click.echo)
     except BenchUsageError as e:
         raise click.UsageError(str(e)) from None
-    except (CheckpointError, FileNotFoundError, KeyError) as e:
+    except (CheckpointError, TokenizerError, FileNotFoundError, KeyError) as e:
         raise click.ClickException(str(e)) from None
     files = write_outputs(report, out, plot=not no_plot)
     for line in summary_lines(report):

@@ -16,11 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError
 from ..version import __version__
 from .metrics import ConfusionMatrix
 
 
-class ClassMismatchError(ValueError):
+class ClassMismatchError(InputError):
     """The model's categories are not the dataset's classes."""
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import BackendError
 from .backend import Backend
 from .images import load_image
 from .preprocess import grid_size, normalize, resize_image, resized_size, upsample_argmax
@@ -39,7 +40,7 @@ BACKENDS: dict[str, str] = {
 _EXTRAS = {"onnxruntime": "onnx", "tensorrt": "trt"}
 
 
-class BackendUnavailableError(RuntimeError):
+class BackendUnavailableError(BackendError):
     """The asked-for backend is not part of this installation (not written yet, or its package is missing)."""
 
 
