@@ -129,13 +129,13 @@ class Sources:
 
 
 def _read_onnx_info(path: Path) -> Any:
-    from ifseg_deploy.export.metadata import read_info
+    from ifseg_deploy.runtime.model_info import read_info
 
     return read_info(path)
 
 
 def _engine_precision(path: Path) -> str:
-    from ifseg_deploy.export.engine_cache import read_sidecar
+    from ifseg_deploy.runtime.engine_file import read_sidecar
 
     return str(read_sidecar(path)["key"].precision)
 
@@ -182,7 +182,7 @@ def resolve_sources(s: InferenceSettings, echo: Echo) -> Sources:
     if model_dir is None:
         raise BenchUsageError("the PyTorch eager fp32 baseline needs the adapted-model directory the files were "
                               "exported from: add it with --model DIR")
-    from ifseg_deploy.pretrained import AdaptedModel
+    from ifseg_deploy.model_dir import AdaptedModel
 
     categories = AdaptedModel.from_pretrained(model_dir).categories
     for f, info in onnx_files:
@@ -253,7 +253,7 @@ class Exporter:
 
     def _onnx(self, precision: str, size: Size, max_batch: int) -> Path:
         from ifseg_deploy.export.pipeline import export_model
-        from ifseg_deploy.export.spec import InputSpec
+        from ifseg_deploy.runtime.input_spec import InputSpec
 
         self.dir.mkdir(parents=True, exist_ok=True)
         tag = f"{size[0]}x{size[1]}_b{max_batch}{'' if self.s.refine else '_norefine'}"
@@ -392,7 +392,7 @@ def skip_reason(backend: str, precision: str, device: str) -> str | None:
         if precision == "fp16":
             if not on_gpu:
                 return "fp16 on onnxruntime is its TensorRT provider's fp16 mode: needs a GPU with TensorRT"
-            from ifseg_deploy.export.ort_backend import TRT_EP, usable_providers
+            from ifseg_deploy.runtime.backends.ort_providers import TRT_EP, usable_providers
 
             if TRT_EP not in usable_providers():
                 return "onnxruntime's TensorRT provider is not usable here (fp16 runs through it)"
@@ -419,7 +419,7 @@ def _torch_fp16_backend(adapted: Any, device: str, refine: tuple[int, int]) -> A
     """The torch backend under CUDA autocast fp16 (softmax and refinement stay fp32 as in the graph)."""
     import torch
 
-    from ifseg_deploy.runtime.torch_backend import TorchBackend
+    from ifseg_deploy.runtime.backends.torch import TorchBackend
 
     class _Fp16TorchBackend(TorchBackend):
         name = "torch"
@@ -428,7 +428,7 @@ def _torch_fp16_backend(adapted: Any, device: str, refine: tuple[int, int]) -> A
             with torch.autocast("cuda", dtype=torch.float16):
                 return super().probs_tensor(pixels)
 
-    return _Fp16TorchBackend(adapted, device, *refine)
+    return _Fp16TorchBackend(adapted, device, refine)
 
 
 def _scene(size: Size, seed: int = 1_500_000_000) -> np.ndarray:
@@ -441,7 +441,7 @@ def run_inference(s: InferenceSettings, echo: Echo = print) -> dict[str, Any]:
     """Run the benchmark and return the report (see :func:`write_outputs` for the files)."""
     import torch
 
-    from ifseg_deploy.pretrained import AdaptedModel
+    from ifseg_deploy.model_dir import AdaptedModel
     from ifseg_deploy.runtime.segmenter import Segmenter
 
     for name, value in (("--iters", s.iters), ("--calib-max", s.calib_max), ("--limit", s.limit)):
@@ -517,7 +517,7 @@ def run_inference(s: InferenceSettings, echo: Echo = print) -> dict[str, Any]:
     # a fixed-batch file runs a larger batch as several calls
     for row in rows:
         if row.status == "ok":
-            limit = getattr(loaded[row.key].backend, "_batch_limit", None)  # type: ignore[index]
+            limit = loaded[row.key].backend.max_batch  # type: ignore[index]
             row.calls_per_run = -(-row.batch // limit) if limit else 1
             row.timer = "cuda events" if (on_gpu and row.backend == "torch") else "perf_counter"
 
@@ -663,16 +663,16 @@ def _load(row: Row, adapted: Any, device: str, threads: int, refinement: tuple[i
     reset_ok = reset_peak_rss()
     t0 = time.perf_counter()
     if row.backend == "torch":
-        from ifseg_deploy.runtime.torch_backend import TorchBackend
+        from ifseg_deploy.runtime.backends.torch import TorchBackend
 
         if row.precision == "fp32":
-            backend = TorchBackend(adapted, device, *refinement)
+            backend = TorchBackend(adapted, device, refinement)
         else:
             backend = _torch_fp16_backend(adapted, device, refinement)
     elif row.backend == "onnxruntime":
         import onnxruntime as ort
 
-        from ifseg_deploy.export.ort_backend import CPU_EP, OrtBackend
+        from ifseg_deploy.runtime.backends.onnxruntime import CPU_EP, OrtBackend
 
         # Its pool's threads would otherwise spin for a while after every run and take the cores from the next
         # variant (PyTorch's threads) in the interleaved rounds; with that off, each engine has the cores alone.
@@ -688,13 +688,15 @@ def _load(row: Row, adapted: Any, device: str, threads: int, refinement: tuple[i
         if tuple(backend.refinement) != tuple(refinement):
             raise RuntimeError(f"{row.source} has refinement {backend.refinement}, the baseline {refinement}")
     elif row.backend == "tensorrt":
-        from ifseg_deploy.export.trt_backend import TensorRTBackend
+        from ifseg_deploy.runtime.backends.tensorrt import TensorRTBackend
 
-        opts: dict[str, Any] = {"device": device}
+        engine = row.source
         if str(row.source).endswith(".onnx"):
+            from ifseg_deploy.export.trt_build import engine_for
+
             # engines built from an .onnx file are cached under OUT/engines (keyed by ONNX hash, GPU, TensorRT, ...)
-            opts.update(precision=row.precision, cache_dir=str(out / "engines"))
-        backend = TensorRTBackend.from_file(row.source, **opts)  # type: ignore[arg-type]
+            engine = str(engine_for(row.source, row.precision, cache_dir=out / "engines", device=device))
+        backend = TensorRTBackend.from_file(engine, device=device)
     else:
         raise ValueError(row.backend)
     after, peak = rss_mb(), peak_rss_mb()
@@ -980,7 +982,7 @@ def write_outputs(report: dict[str, Any], out: str | Path, plot: bool = True) ->
 
 
 def parse_sizes(text: str) -> list[Size]:
-    from ifseg_deploy.export.spec import SpecError, parse_size
+    from ifseg_deploy.runtime.input_spec import SpecError, parse_size
 
     sizes: list[Size] = []
     for part in text.split(","):

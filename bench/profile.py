@@ -53,7 +53,7 @@ def profile_ort(path: str | Path, pixels: np.ndarray, threads: int | None = None
     e.g. QLinearConv or MatMulIntegerToFloat for a Q/DQ model) of one run, after one untimed run."""
     import onnxruntime as ort
 
-    from ifseg_deploy.export.metadata import INPUT_NAME, PROBS_NAME
+    from ifseg_deploy.runtime.model_info import INPUT_NAME, PROBS_NAME
 
     with tempfile.TemporaryDirectory() as tmp:
         opts = ort.SessionOptions()

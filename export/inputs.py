@@ -1,6 +1,6 @@
 """Images for the export checks: parity inputs and calibration batches, preprocessed as the runtime does.
 
-The preprocessing is the :class:`~ifseg_deploy.runtime.segmenter.Segmenter`'s own (``runtime/preprocess.py``):
+The preprocessing is the :class:`~ifseg_deploy.runtime.segmenter.Segmenter`'s own (:mod:`ifseg_deploy.preprocessing`):
 the keep-ratio resize (short side 512, long side at most 2048) for a dynamic-shape model, or a stretch to the
 one accepted size for a fixed-shape model (what ``Segmenter.input_size`` does), then RGB / 255, (x - 0.5) / 0.5.
 Calibrating on exactly what the deployed model will see is what makes the INT8 scales right.
@@ -11,11 +11,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from .spec import InputSpec, Size, grid_cells
+from ifseg_deploy.preprocessing import PreprocessConfig, preprocess
+from ifseg_deploy.runtime.input_spec import InputSpec, Size, grid_cells
 
 #: skimage.data photos used for parity when scikit-image is installed (all ship inside its wheel).
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry")
@@ -23,22 +23,11 @@ SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field
 MAX_PARITY_CELLS = 4096
 
 
-def runtime_size(height: int, width: int, preprocessing: dict[str, Any], fixed: Size | None) -> Size:
+def runtime_size(height: int, width: int, preprocessing: PreprocessConfig, fixed: Size | None) -> Size:
     """(H', W') the Segmenter feeds the model for an (H, W) image."""
-    from ifseg_deploy.runtime.preprocess import resized_size
-
     if fixed is not None:
         return int(fixed[0]), int(fixed[1])
-    return resized_size(height, width, preprocessing.get("short_side", 512), preprocessing.get("max_long_side", 2048))
-
-
-def preprocess(rgb: np.ndarray, preprocessing: dict[str, Any], size: Size) -> np.ndarray:
-    """(H, W, 3) uint8 -> (3, H', W') float32 at ``size``, as the Segmenter normalises."""
-    from ifseg_deploy.runtime.preprocess import normalize, resize_image
-
-    mean = preprocessing.get("mean", (0.5, 0.5, 0.5))
-    std = preprocessing.get("std", (0.5, 0.5, 0.5))
-    return normalize(resize_image(rgb, size), mean, std)
+    return preprocessing.input_size(height, width)
 
 
 def synthetic_photos(n: int, seed: int = 0, size: Size = (480, 640)) -> list[np.ndarray]:
@@ -101,7 +90,7 @@ def parity_sizes(spec: InputSpec) -> list[Size]:
     return sizes
 
 
-def parity_inputs(spec: InputSpec, preprocessing: dict[str, Any], n_images: int = 4, seed: int = 0
+def parity_inputs(spec: InputSpec, preprocessing: PreprocessConfig, n_images: int = 4, seed: int = 0
                   ) -> tuple[list[np.ndarray], str]:
     """Normalised (B, 3, H, W) batches covering :func:`parity_sizes`, at least ``n_images`` images in all,
     and one batch of two where the model takes batches. Returns the batches and a description of the data."""
@@ -124,7 +113,7 @@ class CalibrationError(ValueError):
     """Too few usable calibration images; the message gives the counts and names the unreadable files."""
 
 
-def calibration_batch(paths: Sequence[Path], preprocessing: dict[str, Any], spec: InputSpec, *,
+def calibration_batch(paths: Sequence[Path], preprocessing: PreprocessConfig, spec: InputSpec, *,
                       min_images: int = 1, warn: Callable[[str], None] | None = None) -> np.ndarray:
     """(N, 3, H, W) float32 calibration data from image files, at one size.
 

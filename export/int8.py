@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 
 from ifseg_deploy.errors import QualityError
+from ifseg_deploy.runtime.model_info import INPUT_NAME, ModelInfo, read_metadata, write_metadata
 
-from .metadata import INPUT_NAME, ModelInfo, read_metadata, write_metadata
 from .parity import REDUCED_AGREEMENT, ParityReport, check, compare, ort_probs
 
 log = logging.getLogger(__name__)
@@ -162,9 +162,8 @@ def check_int8(fp32_onnx: str | Path, int8_onnx: str | Path, inputs: Sequence[np
 def _miou(path: str | Path, dataset: Any, limit: int | None) -> float | None:
     """mIoU of the exported model on ``dataset``; None where it is undefined (no labelled pixel to score)."""
     from ifseg_deploy.evaluation.evaluate import evaluate
+    from ifseg_deploy.runtime.backends.onnxruntime import OrtBackend
     from ifseg_deploy.runtime.segmenter import Segmenter
-
-    from .ort_backend import OrtBackend
 
     with Segmenter(OrtBackend.from_file(path, providers=["CPUExecutionProvider"])) as seg:
         value = evaluate(seg, dataset, limit=limit, progress=False)["mIoU"]

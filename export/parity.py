@@ -197,7 +197,7 @@ def ort_probs(path: str, providers: Sequence[str] = ("CPUExecutionProvider",)) -
     """ONNX Runtime probabilities of an exported file (the ``probs`` output only)."""
     import onnxruntime as ort
 
-    from .metadata import INPUT_NAME, PROBS_NAME
+    from ifseg_deploy.runtime.model_info import INPUT_NAME, PROBS_NAME
 
     options = ort.SessionOptions()
     options.log_severity_level = 3

@@ -18,9 +18,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ifseg_deploy.errors import BackendError
+from ifseg_deploy.runtime.backends.tensorrt import (
+    TensorRTUnavailableError,
+    device_environment,
+    import_pycuda,
+    import_tensorrt,
+)
+from ifseg_deploy.runtime.engine_file import EngineEnvironment, EngineKey, sha256_file
+from ifseg_deploy.runtime.model_info import INPUT_NAME, ModelInfo
 
-from .engine_cache import EngineCache, EngineEnvironment, EngineKey, sha256_file
-from .metadata import INPUT_NAME, ModelInfo
+from .engine_cache import EngineCache
+
+__all__ = ["BuildOptions", "EngineBuildError", "TensorRTUnavailableError", "build_engine", "build_or_load",
+           "device_environment", "engine_for", "import_pycuda", "import_tensorrt"]
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -33,51 +43,8 @@ DEFAULT_WORKSPACE = 1 << 30
 HEARTBEAT_SECONDS = 30.0
 
 
-class TensorRTUnavailableError(BackendError):
-    """TensorRT (or pycuda, or a CUDA GPU) is missing."""
-
-
 class EngineBuildError(BackendError):
     """TensorRT could not build an engine."""
-
-
-def import_tensorrt() -> Any:
-    """The ``tensorrt`` module, or :class:`TensorRTUnavailableError` saying how to get it."""
-    try:
-        import tensorrt
-    except ImportError as e:
-        raise TensorRTUnavailableError(
-            f"TensorRT is not installed ({e}). On a Jetson it comes with JetPack (python3-libnvinfer); on an x86 "
-            "host: pip install 'ifseg-deploy[trt]'. Without TensorRT, export --format onnx and build the engine "
-            "on the device") from None
-    major = int(str(tensorrt.__version__).split(".")[0])
-    if major < 10:
-        raise TensorRTUnavailableError(f"TensorRT {tensorrt.__version__} is too old; ifseg-deploy needs TensorRT >= 10")
-    return tensorrt
-
-
-def import_pycuda() -> Any:
-    try:
-        import pycuda.driver as cuda
-    except ImportError as e:
-        raise TensorRTUnavailableError(f"pycuda is not installed ({e}): pip install pycuda") from None
-    try:
-        cuda.init()
-        if cuda.Device.count() < 1:
-            raise TensorRTUnavailableError("no CUDA GPU is visible")
-    except cuda.Error as e:
-        raise TensorRTUnavailableError(f"CUDA is not usable here: {e}") from None
-    return cuda
-
-
-def device_environment(device_index: int = 0) -> EngineEnvironment:
-    """This machine's TensorRT version, GPU name and compute capability (the machine half of an
-    :class:`EngineKey`), queried from TensorRT and CUDA."""
-    version = import_tensorrt().__version__
-    cuda = import_pycuda()
-    dev = cuda.Device(device_index)
-    major, minor = dev.compute_capability()
-    return EngineEnvironment(str(version), str(dev.name()), f"{major}.{minor}")
 
 
 @dataclass
@@ -295,3 +262,18 @@ def _engine_metadata(info: ModelInfo, options: BuildOptions) -> dict[str, str]:
     props = info.to_props()
     props["ifseg.precision"] = options.precision
     return props
+
+
+def engine_for(onnx_path: str | Path, precision: str | None = None, *, cache_dir: str | Path | None = None,
+               device: str | int | None = None, rebuild: bool = False, workspace_bytes: int = DEFAULT_WORKSPACE,
+               echo: Echo = log.info) -> Path:
+    """The engine file for an exported .onnx on this GPU, from the engine cache (built first if absent or stale:
+    minutes on a Jetson). ``precision`` fp16 by default, int8 for a Q/DQ file. Returns the cached engine's path;
+    load it with the tensorrt backend (its sidecar is beside it)."""
+    from ifseg_deploy.devices import cuda_index
+    from ifseg_deploy.runtime.model_info import read_info
+
+    info = read_info(onnx_path)
+    prec = precision or ("int8" if info.precision == "int8" else "fp16")
+    options = BuildOptions(prec, workspace_bytes)
+    return build_or_load(onnx_path, info, options, EngineCache(cache_dir), cuda_index(device), rebuild, echo)[2]

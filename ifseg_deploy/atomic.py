@@ -52,8 +52,11 @@ def _staging(path: str | Path) -> Iterator[tuple[BinaryIO, Path]]:
 
 
 def publish(staged: str | Path, path: str | Path) -> None:
-    """Rename a complete, fsynced ``staged`` file over ``path`` (one step) and make the rename durable."""
+    """Rename a complete ``staged`` file (beside ``path``) over ``path`` in one step, durably: the file is fsynced
+    first (writers that produced it with plain writes need not have), the rename after."""
     try:
+        with open(staged, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(staged, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -121,12 +121,12 @@ def inspect(checkpoint: str, bpe_dir: str | None, arch: str | None, categories: 
     refused with a message, and nothing is written.
     """
     from .checkpoints.errors import CheckpointError
-    from .pretrained import AdaptedModel
+    from .model_dir import AdaptedModel
     from .tokenizer import PromptTooLongError
 
     names = read_categories(categories, categories_file)
     try:
-        adapted = AdaptedModel.from_ofa(checkpoint, names, bpe_dir=bpe_dir, arch=arch)
+        adapted = AdaptedModel.unadapted_from_ofa(checkpoint, names, bpe_dir=bpe_dir, arch=arch)
     except (CheckpointError, PromptTooLongError) as e:
         raise click.ClickException(str(e)) from None
     model, tok = adapted.model, adapted.tokenizer

@@ -54,7 +54,7 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, *, cache_dir
 
     from .adapt import AdaptConfig, adapt
     from .evaluation.evaluate import evaluate
-    from .pretrained import AdaptedModel
+    from .model_dir import AdaptedModel
     from .runtime.segmenter import Segmenter
     from .runtime.visualize import label_image, overlay, png_bytes
     from .synthetic import build_or_load_world_model
@@ -93,8 +93,8 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, *, cache_dir
     echo(f"[4/5] measuring mIoU on {s.eval_scenes} held-out scenes")
     t = time.perf_counter()
     dataset = SyntheticDataset(s.eval_scenes, s.scene_size)
-    unadapted = AdaptedModel.from_ofa(checkpoint, categories)
-    unadapted.preprocessing["short_side"] = s.scene_size
+    unadapted = AdaptedModel.unadapted_from_ofa(checkpoint, categories)
+    unadapted.preprocessing = unadapted.preprocessing.replace(short_side=s.scene_size)
     variants = {
         "unadapted (torch)": lambda: Segmenter.from_model(unadapted),
         "adapted (torch)": lambda: Segmenter.from_pretrained(model_dir),

@@ -41,14 +41,14 @@ def segment_labels(image: str, model: str, out: str) -> Write:
 
 def onnx_commit(staged: str, out: str) -> Write:
     """The export's last step: a finished, checked .onnx file from its hidden work folder published at --out."""
-    from ifseg_deploy.export.onnx_export import _commit
+    from ifseg_deploy.atomic import publish
 
-    return lambda: _commit(Path(staged), Path(out))
+    return lambda: publish(Path(staged), Path(out))
 
 
 def engine(path: str, plan_bytes: int) -> Write:
     """A TensorRT plan and its sidecar written over an existing pair (the bytes are opaque: no TensorRT)."""
-    from ifseg_deploy.export.engine_cache import EngineKey, write_engine
+    from ifseg_deploy.runtime.engine_file import EngineKey, write_engine
 
     key = EngineKey.create("cd" * 32, "10.3.0", "Orin", "8.7", "fp16", [[1, 3, 64, 96]] * 3)
     plan = os.urandom(plan_bytes)
@@ -59,7 +59,7 @@ def model_dir(source: str, target: str) -> Write:
     """An adapted-model directory saved over an existing one (``save_pretrained(..., overwrite=True)``)."""
     import safetensors.torch  # noqa: F401
 
-    from ifseg_deploy.pretrained import AdaptedModel
+    from ifseg_deploy.model_dir import AdaptedModel
 
     adapted = AdaptedModel.from_pretrained(source)
     return lambda: adapted.save_pretrained(target, overwrite=True)

@@ -117,12 +117,12 @@ def tiny_model_dir(root: Path, categories: list[str], seed: int = 0, **preproces
     the real loading and saving code. ``preprocessing`` overrides entries such as ``short_side``."""
     from bpe_fixture import write_tiny_bpe
 
-    from ifseg_deploy.pretrained import AdaptedModel
+    from ifseg_deploy.model_dir import AdaptedModel
     from ifseg_deploy.tokenizer import OFATokenizer
 
     bpe = root / "BPE"
     write_tiny_bpe(bpe, layout="fairseq")
     ckpt = write_fairseq_checkpoint(root / "ofa.pt", tiny_config(OFATokenizer.from_dir(bpe).num_embeddings), seed)
-    adapted = AdaptedModel.from_ofa(ckpt, categories, bpe_dir=bpe)
-    adapted.preprocessing = {**adapted.preprocessing, **preprocessing}
+    adapted = AdaptedModel.unadapted_from_ofa(ckpt, categories, bpe_dir=bpe)
+    adapted.preprocessing = adapted.preprocessing.replace(**preprocessing)
     return adapted.save_pretrained(root / "model")

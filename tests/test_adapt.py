@@ -22,7 +22,7 @@ from ifseg_deploy.adapt import AdaptationInterrupted, AdaptConfig, adapt
 from ifseg_deploy.adapt.data import ArtificialMaps
 from ifseg_deploy.adapt.trainer import cosine_factor
 from ifseg_deploy.cli import cli
-from ifseg_deploy.pretrained import AdaptedModel
+from ifseg_deploy.model_dir import AdaptedModel
 from ifseg_deploy.tokenizer import OFATokenizer
 
 CATS = ["floor", "wall", "person"]
@@ -233,7 +233,7 @@ def test_two_process_ddp_equals_one_process_with_the_same_global_batch(ckpt, tmp
     assert AdaptedModel.from_pretrained(tmp_path / "ddp").categories == CATS
 
     ddp, one = _weights(tmp_path / "ddp"), _weights(tmp_path / "one")
-    start = AdaptedModel.from_ofa(ckpt, CATS, seed=3).model.state_dict()
+    start = AdaptedModel.unadapted_from_ofa(ckpt, CATS, seed=3).model.state_dict()
     assert ddp.keys() == one.keys()
     # Key biases (k_proj.bias, pos_k_linear.bias) add the same amount to every logit of a query's softmax: their
     # exact gradient is zero, the computed one is rounding noise, and Adam scales that noise up to lr-sized steps.

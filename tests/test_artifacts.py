@@ -21,7 +21,7 @@ from test_export_common import adapted_dir, fixed_export
 from ifseg_deploy.artifacts import ArtifactError, check_artifact
 from ifseg_deploy.checkpoints.errors import CheckpointError
 from ifseg_deploy.cli import cli
-from ifseg_deploy.export.engine_cache import (
+from ifseg_deploy.runtime.engine_file import (
     CorruptEngineError,
     EngineEnvironment,
     EngineKey,
@@ -29,8 +29,8 @@ from ifseg_deploy.export.engine_cache import (
     sidecar_path,
     write_engine,
 )
-from ifseg_deploy.export.metadata import ModelInfo
-from ifseg_deploy.export.spec import InputSpec
+from ifseg_deploy.runtime.input_spec import InputSpec
+from ifseg_deploy.runtime.model_info import ModelInfo
 
 onnx = pytest.importorskip("onnx")
 
@@ -67,8 +67,8 @@ def _damaged_onnx(folder: Path, damage: str) -> tuple[Path, int]:
 
 @pytest.mark.parametrize("damage", ["truncated", "text", "empty", "header-only"])
 def test_damaged_onnx_is_named_with_its_size(tmp_path, damage):
-    from ifseg_deploy.export.metadata import read_info
-    from ifseg_deploy.export.ort_backend import OrtBackend
+    from ifseg_deploy.runtime.backends.onnxruntime import OrtBackend
+    from ifseg_deploy.runtime.model_info import read_info
 
     path, size = _damaged_onnx(tmp_path, damage)
     for opener in (OrtBackend.from_file, read_info):  # the backend; export, bench and int8 read the info
@@ -127,7 +127,7 @@ def test_every_command_refuses_a_truncated_onnx_by_name(tmp_path, image, command
     ("no-sidecar", "has no model.engine.json beside it"),
 ])
 def test_damaged_engine_is_refused_before_tensorrt(tmp_path, image, no_tensorrt, damage, message):
-    from ifseg_deploy.export.trt_backend import TensorRTBackend
+    from ifseg_deploy.runtime.backends.tensorrt import TensorRTBackend
 
     path = _engine(tmp_path)
     if damage == "empty":
@@ -154,8 +154,8 @@ def test_damaged_engine_is_refused_before_tensorrt(tmp_path, image, no_tensorrt,
     (EngineEnvironment("10.13.0.35", "Orin", "8.7"), ["tensorrt_version: engine 10.3.0 / this machine 10.13.0.35"]),
 ])
 def test_engine_from_another_machine_is_refused_before_tensorrt(tmp_path, no_tensorrt, here, differs):
-    from ifseg_deploy.export.trt_backend import TensorRTBackend
     from ifseg_deploy.export.trt_build import TensorRTUnavailableError
+    from ifseg_deploy.runtime.backends.tensorrt import TensorRTBackend
     from ifseg_deploy.runtime.segmenter import Segmenter
 
     path = _engine(tmp_path)  # an intact plan and sidecar, built on a Jetson Orin with TensorRT 10.3
@@ -189,7 +189,7 @@ def damaged_model(tmp_path, request) -> tuple[Path, str]:
 
 @pytest.mark.parametrize("damaged_model", ["config", "weights"], indirect=True)
 def test_damaged_model_directory_is_named(damaged_model, image, tmp_path):
-    from ifseg_deploy.pretrained import AdaptedModel
+    from ifseg_deploy.model_dir import AdaptedModel
 
     model, detail = damaged_model
     with pytest.raises(CheckpointError) as err:

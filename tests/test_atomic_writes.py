@@ -102,7 +102,7 @@ def test_onnx_publication_writes_no_bytes_under_the_target_name(tmp_path, mode):
 # -- a TensorRT engine and its sidecar -----------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", ["fail", "kill"])
 def test_engine_and_sidecar_cut_midway_keep_the_previous_pair(tmp_path, mode):
-    from ifseg_deploy.export.engine_cache import EngineEnvironment, EngineKey, read_engine, write_engine
+    from ifseg_deploy.runtime.engine_file import EngineEnvironment, EngineKey, read_engine, write_engine
 
     path = tmp_path / "model.engine"
     old_key = EngineKey.create("ab" * 32, "10.3.0", "Orin", "8.7", "fp16", [[1, 3, 64, 96]] * 3)
@@ -121,7 +121,7 @@ def test_engine_and_sidecar_cut_midway_keep_the_previous_pair(tmp_path, mode):
 def test_model_directory_cut_midway_keeps_the_previous_one(seg_model, tmp_path, mode):
     import shutil
 
-    from ifseg_deploy.pretrained import AdaptedModel
+    from ifseg_deploy.model_dir import AdaptedModel
 
     target = tmp_path / "my_model"
     shutil.copytree(seg_model, target)

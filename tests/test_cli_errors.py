@@ -111,4 +111,4 @@ def test_console_output_with_and_without_debug(files):
     debug = subprocess.run([*args[:3], "--debug", *args[3:]], capture_output=True, text=True, timeout=300)
     assert debug.returncode == 1
     assert "Traceback (most recent call last)" in debug.stderr
-    assert "ifseg_deploy.artifacts.ArtifactError: " in debug.stderr
+    assert "ifseg_deploy.errors.ArtifactError: " in debug.stderr

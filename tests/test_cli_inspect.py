@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from ofa_fixture import tiny_config, write_fairseq_checkpoint
 
 from ifseg_deploy.cli import cli
-from ifseg_deploy.pretrained import AdaptedModel
+from ifseg_deploy.model_dir import AdaptedModel
 from ifseg_deploy.tokenizer import OFATokenizer
 
 

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from ifseg_deploy.demo import DemoSettings, run_demo
-from ifseg_deploy.pretrained import AdaptedModel
+from ifseg_deploy.model_dir import AdaptedModel
 
 pytest.importorskip("onnxruntime", reason="the demo exports ONNX: needs the [onnx] extra")
 pytest.importorskip("modelopt", reason="the demo quantizes to INT8: needs the [int8] extra")
@@ -42,7 +42,7 @@ def test_demo_writes_its_report_pictures_and_a_loadable_model(demo_report):
             assert (out / rel).is_file(), rel
     model = AdaptedModel.from_pretrained(out / "model")
     assert model.categories == report["categories"]
-    assert model.preprocessing["short_side"] == report["settings"]["scene_size"]
+    assert model.preprocessing.short_side == report["settings"]["scene_size"]
     assert (out / "model.onnx").is_file() and (out / "model.int8.onnx").is_file()
 
 

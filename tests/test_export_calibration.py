@@ -12,7 +12,7 @@ from test_export_common import FIXED, TINY_INT8_AGREEMENT, calibration_dir, fixe
 
 from ifseg_deploy.cli import cli
 from ifseg_deploy.export.inputs import CalibrationError, calibration_batch, list_images
-from ifseg_deploy.export.spec import InputSpec
+from ifseg_deploy.runtime.input_spec import InputSpec
 
 PREPROCESSING = {"short_side": 64, "max_long_side": 256, "mean": [0.5] * 3, "std": [0.5] * 3}
 
@@ -62,7 +62,7 @@ def test_cli_skips_unreadable_files_and_calibrates_on_the_rest(tmp_path):
     assert res.exit_code == 0, res.output
     for path in bad:
         assert f"warning: skipping unreadable calibration image {path}" in res.output
-    from ifseg_deploy.export.ort_backend import OrtBackend
+    from ifseg_deploy.runtime.backends.onnxruntime import OrtBackend
 
     assert OrtBackend.from_file(out).info.extra["calibration"]["images"] == 4
 

@@ -69,7 +69,7 @@ def test_int8_from_an_onnx_file_with_max_calibration(runner, tmp_path):
     assert result.exit_code == 0, result.output
     assert "calibrating INT8 (max) on 12 image(s)" in result.output
     assert "parity onnxruntime INT8 (CPU) vs onnxruntime fp32 (CPU)" in result.output
-    from ifseg_deploy.export.ort_backend import OrtBackend
+    from ifseg_deploy.runtime.backends.onnxruntime import OrtBackend
 
     info = OrtBackend.from_file(out).info
     assert info.precision == "int8" and info.extra["calibration"]["method"] == "max"

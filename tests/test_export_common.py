@@ -31,7 +31,7 @@ def workdir() -> Path:
 @functools.cache
 def adapted_dir() -> Path:
     """A random SegOFA model (1 encoder + 1 decoder layer, small ResNet) saved as an adapted-model directory."""
-    from ifseg_deploy.pretrained import AdaptedModel
+    from ifseg_deploy.model_dir import AdaptedModel
     from ifseg_deploy.tokenizer import OFATokenizer
 
     root = workdir() / "ckpt"
@@ -40,11 +40,11 @@ def adapted_dir() -> Path:
     cfg = tiny_config(OFATokenizer.from_dir(bpe).num_embeddings, resnet_type="resnet-mini", resnet_width=16,
                       encoder_layers=1, decoder_layers=1)
     ckpt = write_fairseq_checkpoint(root / "ofa_tiny.pt", cfg, seed=11)
-    return AdaptedModel.from_ofa(ckpt, CATEGORIES, bpe_dir=bpe).save_pretrained(workdir() / "model")
+    return AdaptedModel.unadapted_from_ofa(ckpt, CATEGORIES, bpe_dir=bpe).save_pretrained(workdir() / "model")
 
 
 def load_adapted():
-    from ifseg_deploy.pretrained import AdaptedModel
+    from ifseg_deploy.model_dir import AdaptedModel
 
     return AdaptedModel.from_pretrained(adapted_dir())
 
@@ -67,7 +67,7 @@ def fixed_export() -> tuple[Path, str]:
 def dynamic_export() -> Path:
     """Through the Python API: dynamic 32x32 .. 544x544 (grids 2x2 .. 34x34), batch up to 2."""
     from ifseg_deploy.export.onnx_export import export_onnx
-    from ifseg_deploy.export.spec import InputSpec
+    from ifseg_deploy.runtime.input_spec import InputSpec
 
     spec = InputSpec.dynamic(DYNAMIC["min"], DYNAMIC["opt"], DYNAMIC["max"], max_batch=2)
     return export_onnx(load_adapted(), workdir() / "dynamic.onnx", spec, echo=lambda _: None).path

@@ -8,9 +8,10 @@ import json
 
 import pytest
 
-from ifseg_deploy.export.engine_cache import (
+from ifseg_deploy.export.engine_cache import EngineCache
+from ifseg_deploy.export.fp16 import keep_fp32
+from ifseg_deploy.runtime.engine_file import (
     CorruptEngineError,
-    EngineCache,
     EngineEnvironment,
     EngineKey,
     StaleEngineError,
@@ -18,8 +19,7 @@ from ifseg_deploy.export.engine_cache import (
     sidecar_path,
     write_engine,
 )
-from ifseg_deploy.export.fp16 import keep_fp32
-from ifseg_deploy.export.spec import InputSpec, SpecError, parse_size
+from ifseg_deploy.runtime.input_spec import InputSpec, SpecError, parse_size
 
 PROFILE = ((1, 3, 256, 256), (1, 3, 512, 683), (4, 3, 1024, 1024))
 BASE = dict(onnx_sha256="ab" * 32, tensorrt_version="10.3.0", gpu_name="Orin", compute_capability="8.7",
@@ -122,7 +122,7 @@ def test_rewriting_an_engine_interrupted_at_any_step(tmp_path, monkeypatch, cras
     """Killed at any step of a rewrite, the pair on disk is the old one, intact, or one that is refused; never
     the new plan under the old sidecar, and no temporary file visible under either name."""
     from ifseg_deploy import atomic
-    from ifseg_deploy.export import engine_cache
+    from ifseg_deploy.runtime import engine_file as engine_cache
 
     path = write_engine(tmp_path / "model.engine", PLAN, key())
     step, calls = crash_at.split()[0], {"stage": 0, "publish": 0}

@@ -22,7 +22,7 @@ from test_export_common import (  # noqa: E402
     int8_export,
 )
 
-from ifseg_deploy.export.metadata import read_metadata  # noqa: E402
+from ifseg_deploy.runtime.model_info import read_metadata  # noqa: E402
 
 SENSITIVE = {"LayerNormalization", "Softmax", "Pow", "ReduceMean", "ReduceL2", "Sqrt", "TopK"}
 
@@ -84,7 +84,7 @@ def test_calibration_images_are_preprocessed_like_the_runtime():
     from PIL import Image
 
     from ifseg_deploy.export.inputs import calibration_batch, list_images
-    from ifseg_deploy.export.ort_backend import OrtBackend
+    from ifseg_deploy.runtime.backends.onnxruntime import OrtBackend
     from ifseg_deploy.runtime.segmenter import Segmenter
 
     files = list_images(calibration_dir())[:3]
@@ -104,7 +104,7 @@ def test_calibration_images_are_preprocessed_like_the_runtime():
 
 
 def test_int8_runs_on_onnxruntime_and_mostly_agrees_with_fp32():
-    from ifseg_deploy.export.ort_backend import OrtBackend
+    from ifseg_deploy.runtime.backends.onnxruntime import OrtBackend
 
     x = np.random.default_rng(3).standard_normal((2, 3, *FIXED)).astype(np.float32)
     int8 = OrtBackend.from_file(int8_export()[0])

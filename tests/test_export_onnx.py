@@ -28,10 +28,9 @@ from test_export_common import (  # noqa: E402
     workdir,
 )
 
-from ifseg_deploy.export.metadata import MetadataError, ModelInfo, read_metadata  # noqa: E402
-from ifseg_deploy.export.ort_backend import OrtBackend  # noqa: E402
-from ifseg_deploy.export.spec import InputSpec  # noqa: E402
-from ifseg_deploy.pretrained import DEFAULT_PREPROCESSING  # noqa: E402
+from ifseg_deploy.runtime.backends.onnxruntime import OrtBackend  # noqa: E402
+from ifseg_deploy.runtime.input_spec import InputSpec  # noqa: E402
+from ifseg_deploy.runtime.model_info import MetadataError, ModelInfo, read_metadata  # noqa: E402
 from ifseg_deploy.version import __version__  # noqa: E402
 
 
@@ -135,7 +134,7 @@ def test_metadata_round_trip():
         model = onnx.load(str(path))
         info = read_metadata(model)
         assert info.categories == adapted.categories == CATEGORIES
-        assert info.preprocessing == {**DEFAULT_PREPROCESSING, **adapted.preprocessing}
+        assert info.preprocessing == adapted.preprocessing
         assert info.input == spec
         assert (info.precision, info.refinement, info.outputs) == ("fp32", (3, 25), outputs)
         assert info.package_version == __version__ and info.prompt == adapted.prompt

@@ -15,9 +15,9 @@ from ofa_fixture import tiny_config, write_fairseq_checkpoint
 from ifseg_deploy.adapt import AdaptConfig, adapt
 from ifseg_deploy.checkpoints.loader import load_ofa
 from ifseg_deploy.cli import cli
+from ifseg_deploy.model_dir import AdaptedModel
 from ifseg_deploy.modeling.position import max_text_tokens, token_bucket_index
 from ifseg_deploy.modeling.segofa import SegOFA
-from ifseg_deploy.pretrained import AdaptedModel
 from ifseg_deploy.tokenizer import OFATokenizer, PromptTooLongError
 
 #: 1200 distinct names the tiny vocabulary knows the first word of ("floor"; the digits may be <unk>).
@@ -102,9 +102,9 @@ def test_loaders_refuse_before_reading_weights(world, corrupt, tmp_path):
     with pytest.raises(PromptTooLongError, match="names fit"):
         load_ofa(corrupt, MANY, bpe_dir=bpe)
     with pytest.raises(PromptTooLongError, match="names fit"):
-        AdaptedModel.from_ofa(corrupt, MANY, bpe_dir=bpe)
+        AdaptedModel.unadapted_from_ofa(corrupt, MANY, bpe_dir=bpe)
     # a saved model directory re-targeted to the long list: refused before model.safetensors is read
-    model_dir = AdaptedModel.from_ofa(ckpt, ["floor", "wall"], bpe_dir=bpe).save_pretrained(tmp_path / "m")
+    model_dir = AdaptedModel.unadapted_from_ofa(ckpt, ["floor", "wall"], bpe_dir=bpe).save_pretrained(tmp_path / "m")
     (model_dir / "model.safetensors").write_bytes(b"not weights")
     with pytest.raises(PromptTooLongError, match="names fit"):
         AdaptedModel.from_pretrained(model_dir, categories=MANY)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ifseg_deploy.runtime.preprocess import (
+from ifseg_deploy.preprocessing import (
     grid_size,
     iter_bilinear,
     normalize,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -111,8 +109,6 @@ def test_segment_name_clashes_and_errors(model_dir, tmp_path):
     assert result.exit_code == 1 and "not an adapted-model directory" in result.output
     result = CliRunner().invoke(cli, ["segment", str(a), "-m", str(model_dir), "-o", str(out),
                                       "--backend", "tensorrt"])
+    # a model directory is no engine: refused before TensorRT is even needed, naming the file and the right backend
     assert result.exit_code == 1 and "Traceback" not in result.output
-    if importlib.util.find_spec("tensorrt") is None:  # the message says what is missing and how to get it
-        assert "TensorRT is not installed" in result.output and "ifseg-deploy[trt]" in result.output, result.output
-    else:  # (not exercised on the CPU machines) a directory is no engine: the path is named, or the missing GPU
-        assert str(model_dir) in result.output or "CUDA" in result.output or "GPU" in result.output, result.output
+    assert str(model_dir) in result.output and "--backend torch" in result.output, result.output

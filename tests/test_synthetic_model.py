@@ -49,7 +49,7 @@ def fast_world(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def fast_model(fast_world) -> AdaptedModel:
-    return AdaptedModel.from_ofa(fast_world[0], list(DEFAULT_CATEGORIES))
+    return AdaptedModel.unadapted_from_ofa(fast_world[0], list(DEFAULT_CATEGORIES))
 
 
 @pytest.fixture(scope="session")
@@ -208,7 +208,7 @@ def test_unadapted_model_is_near_chance(fast_model, held_out):
 def test_default_build_meets_its_numbers(tmp_path):
     """The default recipe (what the demo uses), on 32 held-out 512x512 scenes."""
     path = build_or_load_world_model(tmp_path, progress=False)
-    model = AdaptedModel.from_ofa(path, list(DEFAULT_CATEGORIES)).model
+    model = AdaptedModel.unadapted_from_ofa(path, list(DEFAULT_CATEGORIES)).model
     scenes = SyntheticScenes(32, (512, 512))
     assert evaluate_alignment(model, scenes)["miou"] >= 0.9
     assert evaluate_model(model, scenes)["miou"] <= 1.5 / len(DEFAULT_CATEGORIES)

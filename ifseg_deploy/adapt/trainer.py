@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_torch_save, atomic_write_text
+from ..model_dir import AdaptedModel
 from ..modeling.layers import DropPath
 from ..modeling.segofa import SegOFA
-from ..pretrained import AdaptedModel
 from ..tokenizer import DEFAULT_PROMPT
 from ..version import __version__
 from . import distributed as dist_utils
@@ -101,7 +101,7 @@ def _load_start_model(checkpoint: str | Path, categories: Sequence[str], *, bpe_
     path = Path(checkpoint)
     if path.is_dir() and (path / "model.safetensors").is_file():  # a model directory (e.g. `inspect --save`)
         return AdaptedModel.from_pretrained(path, categories=categories, prompt=prompt)
-    return AdaptedModel.from_ofa(path, categories, bpe_dir=bpe_dir, arch=arch, prompt=prompt, seed=seed)
+    return AdaptedModel.unadapted_from_ofa(path, categories, bpe_dir=bpe_dir, arch=arch, prompt=prompt, seed=seed)
 
 
 def resolve_device(device: str | torch.device | None, ctx: dist_utils.DistContext) -> torch.device:
@@ -271,7 +271,7 @@ def adapt(checkpoint: str | Path, categories: Sequence[str], out: str | Path, co
         final = AdaptedModel(model.eval(), start.tokenizer, start.categories, prompt,
                              metadata={**start.metadata, "adaptation": run_info, "steps": step,
                                        "final_loss": last_loss})
-        final.preprocessing.update(preprocessing or {})
+        final.preprocessing = final.preprocessing.replace(**(preprocessing or {}))
         extra = {RUN_CONFIG: (work / RUN_CONFIG).read_bytes(), METRICS: (work / METRICS).read_bytes()}
         final.save_pretrained(out, overwrite=overwrite or resume, extra_files=extra)
         _remove_work_dir(work)

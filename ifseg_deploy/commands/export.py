@@ -13,7 +13,7 @@ PRECISIONS = ["fp32", "fp16", "int8"]
 def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
     if value is None:
         return None
-    from ifseg_deploy.export.spec import SpecError, parse_size
+    from ifseg_deploy.runtime.input_spec import SpecError, parse_size
 
     try:
         return parse_size(value)
@@ -94,15 +94,15 @@ def export(model: str, fmt: str, precision: str | None, calib_images: str | None
     from ifseg_deploy.checkpoints.errors import CheckpointError
     from ifseg_deploy.evaluation.datasets import DatasetError
     from ifseg_deploy.evaluation.evaluate import ClassMismatchError
-    from ifseg_deploy.export.engine_cache import EngineCacheError
     from ifseg_deploy.export.inputs import CalibrationError
     from ifseg_deploy.export.int8 import QuantizationError
-    from ifseg_deploy.export.metadata import MetadataError
     from ifseg_deploy.export.onnx_export import ExportError
     from ifseg_deploy.export.parity import ParityError
     from ifseg_deploy.export.pipeline import ExportUsageError, export_model
-    from ifseg_deploy.export.spec import DEFAULT_MAX, DEFAULT_MIN, DEFAULT_OPT, InputSpec, SpecError
     from ifseg_deploy.export.trt_build import EngineBuildError, TensorRTUnavailableError
+    from ifseg_deploy.runtime.engine_file import EngineFileError
+    from ifseg_deploy.runtime.input_spec import DEFAULT_MAX, DEFAULT_MIN, DEFAULT_OPT, InputSpec, SpecError
+    from ifseg_deploy.runtime.model_info import MetadataError
 
     if input_size is not None and (dynamic or min_size or opt_size or max_size):
         raise click.UsageError("give either --input-size or --dynamic (with --min/--opt/--max-size), not both")
@@ -133,7 +133,7 @@ def export(model: str, fmt: str, precision: str | None, calib_images: str | None
         raise click.ClickException(f"export failed its parity check; nothing was written to {out}\n{e}") from None
     except (ExportUsageError, SpecError) as e:
         raise click.UsageError(str(e)) from None
-    except (ExportError, QuantizationError, MetadataError, CheckpointError, EngineBuildError, EngineCacheError,
+    except (ExportError, QuantizationError, MetadataError, CheckpointError, EngineBuildError, EngineFileError,
             TensorRTUnavailableError, CalibrationError, DatasetError, ClassMismatchError, FileExistsError,
             FileNotFoundError) as e:
         raise click.ClickException(f"{e}\nnothing was written to {out}") from None

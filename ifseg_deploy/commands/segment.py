@@ -40,6 +40,12 @@ def load_segmenter(model: str, backend: str, device: str, no_refine: bool, refin
     from ..checkpoints.errors import CheckpointError
     from ..runtime.segmenter import BackendUnavailableError, Segmenter
 
+    if backend == "tensorrt" and str(model).lower().endswith(".onnx"):
+        # The runtime loads engines and never builds one; on the command line an .onnx is still accepted: its
+        # engine comes from the engine cache, built first if needed (minutes), as `export --format tensorrt` does.
+        from ..export.trt_build import engine_for
+
+        model = str(engine_for(model, device=device, echo=click.echo))
     try:
         return Segmenter.from_pretrained(model, backend=backend, device=device,
                                          refine=False if no_refine else None, refine_k=refine_k,

@@ -1,7 +1,7 @@
 """The self-description stored in an exported ONNX file's ``metadata_props`` (and beside a TensorRT engine).
 
 Everything a runtime needs besides the graph: category names, preprocessing, refinement, accepted input sizes,
-precision. ``OrtBackend.from_file("model.onnx")`` reads it, so the .onnx file alone is a deployable model.
+precision. The ONNX Runtime backend reads it, so the .onnx file alone is a deployable model.
 Values are strings (ONNX's rule); structured ones are JSON.
 """
 
@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ifseg_deploy.artifacts import check_artifact, incomplete
-from ifseg_deploy.errors import ArtifactError
-from ifseg_deploy.refine import PAPER_REFINEMENT
-
-from .spec import InputSpec, SpecError
+from ..artifacts import check_artifact, incomplete
+from ..errors import ArtifactError
+from ..preprocessing import PreprocessConfig
+from ..refine import PAPER_REFINEMENT
+from .input_spec import InputSpec, SpecError
 
 FORMAT = "ifseg-deploy/onnx"
 FORMAT_VERSION = 1
@@ -37,7 +37,7 @@ class ModelInfo:
     """What the exported graph is and how to feed it."""
 
     categories: list[str]
-    preprocessing: dict[str, Any]
+    preprocessing: PreprocessConfig
     input: InputSpec
     precision: str = "fp32"
     refinement: tuple[int, int] = PAPER_REFINEMENT  # (k, iterations); (1, 0) = none
@@ -48,12 +48,15 @@ class ModelInfo:
     #: e.g. the calibration of an INT8 model, the parity report of the export
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.preprocessing = PreprocessConfig.from_dict(self.preprocessing)
+
     def to_props(self) -> dict[str, str]:
         values: dict[str, Any] = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "categories": self.categories,
-            "preprocessing": self.preprocessing,
+            "preprocessing": self.preprocessing.to_dict(),
             "input": self.input.to_dict(),
             "precision": self.precision,
             "refinement": {"k": self.refinement[0], "iterations": self.refinement[1]},
@@ -82,7 +85,7 @@ class ModelInfo:
             refinement = j("refinement")
             info = cls(
                 categories=[str(c) for c in j("categories")],
-                preprocessing=dict(j("preprocessing")),
+                preprocessing=PreprocessConfig.from_dict(j("preprocessing")),
                 input=InputSpec.from_dict(j("input")),
                 precision=props[PREFIX + "precision"],
                 refinement=(int(refinement["k"]), int(refinement["iterations"])),
