@@ -48,6 +48,14 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return AdaptedModel.from_pretrained(path).model.state_dict()
 
 
+def crash_at(n: int):
+    """An ``on_step`` callback that dies at step ``n`` without saving, as a killed process would."""
+    def on_step(step: int, info: dict) -> None:
+        if step == n:
+            raise RuntimeError(f"simulated crash at step {step}")
+    return on_step
+
+
 # -- artificial data ------------------------------------------------------------------------------------------
 def test_grid_sizes_are_uniform_over_1_to_32():
     maps = ArtificialMaps(num_classes=5, grid_max=32, seed=0)
@@ -122,7 +130,7 @@ def test_crashed_run_resumes_to_identical_weights(ckpt, tmp_path):
     cfg = fast_config()
     adapt(ckpt, CATS, tmp_path / "straight", cfg, progress=False)
     with pytest.raises(RuntimeError, match="simulated crash at step 8"):
-        adapt(ckpt, CATS, tmp_path / "resumed", cfg, progress=False, _crash_at_step=8)
+        adapt(ckpt, CATS, tmp_path / "resumed", cfg, progress=False, on_step=crash_at(8))
     assert not (tmp_path / "resumed").exists()
     assert (tmp_path / "resumed.partial" / "checkpoint.pt").is_file()  # saved at step 5
     adapt(ckpt, CATS, tmp_path / "resumed", cfg, progress=False, resume=True)
@@ -134,6 +142,21 @@ def test_crashed_run_resumes_to_identical_weights(ckpt, tmp_path):
     assert steps == sorted(set(steps))  # no duplicated log lines after the resume
 
 
+def test_on_step_sees_every_step_with_the_logged_loss_and_lr(ckpt, tmp_path):
+    seen: list[tuple[int, dict]] = []
+    adapt(ckpt, CATS, tmp_path / "m", fast_config(steps=6, log_every=3), progress=False,
+          on_step=lambda step, info: seen.append((step, info)))
+    assert [s for s, _ in seen] == [1, 2, 3, 4, 5, 6]
+    assert all(isinstance(i["loss"], torch.Tensor) and isinstance(i["grad_norm"], torch.Tensor) for _, i in seen)
+    records = {r["step"]: r for r in map(json.loads, (tmp_path / "m" / "metrics.jsonl").read_text().splitlines())}
+    assert sorted(records) == [3, 6]
+    for step, info in seen:
+        assert info["lr"] == pytest.approx(3e-3 * cosine_factor(6)(step))  # the rate after the schedule's update
+        if step in records:
+            assert float(info["loss"]) == records[step]["loss"] and info["lr"] == records[step]["lr"]
+            assert float(info["grad_norm"]) == records[step]["grad_norm"]
+
+
 def test_paths_and_resume_are_checked(ckpt, tmp_path):
     out = tmp_path / "m"
     out.mkdir()
@@ -142,7 +165,7 @@ def test_paths_and_resume_are_checked(ckpt, tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         adapt(ckpt, CATS, tmp_path / "other", fast_config(), progress=False, resume=True)
     with pytest.raises(RuntimeError):
-        adapt(ckpt, CATS, tmp_path / "x", fast_config(), progress=False, _crash_at_step=6)
+        adapt(ckpt, CATS, tmp_path / "x", fast_config(), progress=False, on_step=crash_at(6))
     with pytest.raises(FileExistsError, match="--resume"):
         adapt(ckpt, CATS, tmp_path / "x", fast_config(), progress=False)
     with pytest.raises(ValueError, match="different config"):
