@@ -157,6 +157,24 @@ def test_on_step_sees_every_step_with_the_logged_loss_and_lr(ckpt, tmp_path):
             assert float(info["grad_norm"]) == records[step]["grad_norm"]
 
 
+def test_the_throughput_benchmark_trains_with_the_trainers_step(ckpt, tmp_path):
+    """``bench --mode adapt`` times the trainer's TrainStep (optimizer, clipping, scaler, cosine schedule): from the
+    same start model, config and data seed it ends with the trainer's weights, bit for bit."""
+    from ifseg_deploy.bench.adapt_throughput import train_and_time
+
+    cfg = fast_config(steps=4, dropout=0.0, drop_path=0.0)  # dropout masks come from the global generator
+    adapt(ckpt, CATS, tmp_path / "m", cfg, progress=False)
+    trained = _weights(tmp_path / "m")
+    model = AdaptedModel.unadapted_from_ofa(ckpt, CATS, seed=cfg.seed).model
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    phases = train_and_time(model, cfg, torch.device("cpu"), warmup=1, steps=3)
+    assert set(phases) == {"data", "forward", "backward", "optimizer"} and all(v > 0 for v in phases.values())
+    timed = model.state_dict()
+    assert sum(not torch.equal(trained[k], start[k]) for k in trained) > 10  # training moved the weights
+    for k in trained:
+        assert torch.equal(timed[k], trained[k]), k
+
+
 def test_paths_and_resume_are_checked(ckpt, tmp_path):
     out = tmp_path / "m"
     out.mkdir()
