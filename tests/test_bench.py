@@ -12,8 +12,9 @@ import pytest
 from click.testing import CliRunner
 from ofa_fixture import tiny_config
 
-from ifseg_deploy.bench.common import latency_stats, parse_ints, parse_list, percentile, ratios_to_baseline
 from ifseg_deploy.bench.models import random_adapted_model
+from ifseg_deploy.bench.settings import parse_ints, parse_list
+from ifseg_deploy.bench.stats import latency_stats, percentile, ratios_to_baseline
 from ifseg_deploy.cli import cli
 from ifseg_deploy.synthetic.world import DEFAULT_CATEGORIES
 
@@ -56,7 +57,7 @@ def test_ratios_to_baseline():
 
 
 def test_cpu_split_arithmetic():
-    from ifseg_deploy.bench.common import cpu_split
+    from ifseg_deploy.bench.system import cpu_split
 
     # all, busy (without steal), steal, own user, own kernel, unused
     split = cpu_split((1000, 400, 10, 100, 50, 0), (1200, 550, 30, 180, 70, 0))

@@ -5,25 +5,42 @@ from __future__ import annotations
 
 import shlex
 import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import click
 
 from ..cli import categories_option
 
+if TYPE_CHECKING:
+    from ifseg_deploy.bench.settings import InferenceSettings
+
 MODES = ["inference", "adapt", "kernel"]
 PRESET_NAMES = ["tiny", "medium", "base", "large", "huge"]
-BACKEND_NAMES = ("torch", "onnxruntime", "tensorrt")
-PRECISION_NAMES = ("fp32", "fp16", "int8", "int8-dynamic")
 
 
-def _list(allowed: tuple[str, ...], what: str):
+# The names come from the runtime's registry and the benchmark's settings, read when an option is parsed: importing
+# them (and torch with them) here would slow down every command of the CLI.
+def _backend_names() -> Sequence[str]:
+    from ifseg_deploy.runtime.registry import BACKEND_NAMES
+
+    return BACKEND_NAMES
+
+
+def _precision_names() -> Sequence[str]:
+    from ifseg_deploy.bench.settings import BENCH_PRECISIONS
+
+    return BENCH_PRECISIONS
+
+
+def _list(allowed: Callable[[], Sequence[str]], what: str):
     def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
         if value is None:
             return None
-        from ifseg_deploy.bench.common import parse_list
+        from ifseg_deploy.bench.settings import parse_list
 
         try:
-            return parse_list(value, allowed, what)
+            return parse_list(value, allowed(), what)
         except ValueError as e:
             raise click.BadParameter(str(e)) from None
 
@@ -33,7 +50,7 @@ def _list(allowed: tuple[str, ...], what: str):
 def _ints(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
     if value is None:
         return None
-    from ifseg_deploy.bench.common import parse_ints
+    from ifseg_deploy.bench.settings import parse_ints
 
     try:
         return parse_ints(value, "batch size")
@@ -44,7 +61,7 @@ def _ints(ctx: click.Context, param: click.Parameter, value: str | None) -> list
 def _sizes(ctx: click.Context, param: click.Parameter, value: str | None):
     if value is None:
         return None
-    from ifseg_deploy.bench.inference import BenchUsageError, parse_sizes
+    from ifseg_deploy.bench.settings import BenchUsageError, parse_sizes
 
     try:
         return parse_sizes(value)
@@ -70,9 +87,9 @@ def _sizes(ctx: click.Context, param: click.Parameter, value: str | None):
                    "its 8 names.")
 @categories_option
 @click.option("--seed", type=int, default=0, show_default=True, help="--preset: seed of the random weights.")
-@click.option("--backends", callback=_list(BACKEND_NAMES, "backend"), default="torch,onnxruntime,tensorrt",
+@click.option("--backends", callback=_list(_backend_names, "backend"), default="torch,onnxruntime,tensorrt",
               show_default=True, help="Comma-separated backends; PyTorch eager fp32 is always measured (baseline).")
-@click.option("--precisions", callback=_list(PRECISION_NAMES, "precision"), default="fp32,fp16,int8",
+@click.option("--precisions", callback=_list(_precision_names, "precision"), default="fp32,fp16,int8",
               show_default=True, help="Comma-separated precisions; combinations that cannot run here are "
                                       "reported as skipped, with the reason. int8 = the Q/DQ export (made for "
                                       "TensorRT); int8-dynamic = onnxruntime's own dynamic INT8 of the MatMul/Gemm "
@@ -134,48 +151,14 @@ def bench(mode: str, models: tuple[str, ...], preset: str | None, bpe_dir: str |
     bench.png into --out.
     """
     command = "ifseg-deploy " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None
-    from ifseg_deploy.bench.inference import resolve_device
+    from ifseg_deploy.bench.settings import InferenceSettings, bench_device
 
-    resolve_device(device)  # a bad --device is a usage error in every mode (the CLI prints it, no traceback)
-    ctx = click.get_current_context()
-    if mode != "inference":  # the modules' own defaults unless given
-        if ctx.get_parameter_source("warmup") == click.core.ParameterSource.DEFAULT:
-            warmup = 2 if mode == "adapt" else 10
-        if ctx.get_parameter_source("iters") == click.core.ParameterSource.DEFAULT:
-            iters = 10 if mode == "adapt" else 100
-        if ctx.get_parameter_source("batches") == click.core.ParameterSource.DEFAULT:
-            batches = [4]
-    if mode == "adapt":
-        if models:
+    bench_device(device)  # a bad --device is a usage error in every mode (the CLI prints it, no traceback)
+    if mode != "inference":
+        if mode == "adapt" and models:
             raise click.UsageError("--mode adapt measures a random-weight model: give --preset, not --model")
-        from ifseg_deploy.bench.modes import run_adapt, write_mode_outputs
-
-        report = run_adapt(preset or "tiny", classes, batches[0], iters, warmup, device, threads, command)
-        files = write_mode_outputs(report, out)
-        r = report["result"]
-        click.echo(f"{r['preset']} on {r['device_name']}: {r['samples_per_s']:.2f} samples/s, step "
-                   f"{r['step_ms']:.1f} ms, data share {100 * r['data_share']:.1f}%")
-        click.echo("wrote " + ", ".join(files.values()))
+        _other_mode(mode, preset, classes, batches, warmup, iters, device, threads, out, command)
         return
-    if mode == "kernel":
-        from ifseg_deploy.bench.modes import run_kernel, write_mode_outputs
-
-        report = run_kernel(batches[0], classes, iters, warmup, device, threads, command)
-        files = write_mode_outputs(report, out)
-        for name, e in report["result"]["results"].items():
-            extra = f", fwd {e['ms_fwd'] * 1e3:.1f} us" if "ms_fwd" in e else ""
-            click.echo(f"  {name:14s} {e.get('status')}{extra}")
-        click.echo("wrote " + ", ".join(files.values()))
-        return
-
-    from ifseg_deploy.bench.inference import (
-        BenchUsageError,
-        InferenceSettings,
-        run_inference,
-        summary_lines,
-        write_outputs,
-    )
-
     if bpe_dir and not preset:
         raise click.UsageError("--bpe-dir goes with --preset (the tokenizer of the random-weight model)")
     names = None
@@ -192,6 +175,41 @@ def bench(mode: str, models: tuple[str, ...], preset: str | None, bpe_dir: str |
         backends=backends, precisions=precisions, sizes=sizes, batches=batches, warmup=warmup, iters=iters,
         calib_images=calib_images, calib_max=calib_max, threads=threads, device=device, dataset=dataset_name,
         root=root, limit=limit, refine=not no_refine, plot=not no_plot, profile=profile, command=command)
+    _inference(settings, out, no_plot)
+
+
+def _other_mode(mode: str, preset: str | None, classes: int, batches: list[int], warmup: int, iters: int,
+                device: str, threads: int | None, out: str, command: str | None) -> None:
+    """--mode adapt / kernel, with those modules' own defaults for what was not given."""
+    from ifseg_deploy.bench.modes import run_adapt, run_kernel, write_mode_outputs
+
+    ctx = click.get_current_context()
+    if ctx.get_parameter_source("warmup") == click.core.ParameterSource.DEFAULT:
+        warmup = 2 if mode == "adapt" else 10
+    if ctx.get_parameter_source("iters") == click.core.ParameterSource.DEFAULT:
+        iters = 10 if mode == "adapt" else 100
+    if ctx.get_parameter_source("batches") == click.core.ParameterSource.DEFAULT:
+        batches = [4]
+    if mode == "adapt":
+        report = run_adapt(preset or "tiny", classes, batches[0], iters, warmup, device, threads, command)
+        files = write_mode_outputs(report, out)
+        r = report["result"]
+        click.echo(f"{r['preset']} on {r['device_name']}: {r['samples_per_s']:.2f} samples/s, step "
+                   f"{r['step_ms']:.1f} ms, data share {100 * r['data_share']:.1f}%")
+    else:
+        report = run_kernel(batches[0], classes, iters, warmup, device, threads, command)
+        files = write_mode_outputs(report, out)
+        for name, e in report["result"]["results"].items():
+            extra = f", fwd {e['ms_fwd'] * 1e3:.1f} us" if "ms_fwd" in e else ""
+            click.echo(f"  {name:14s} {e.get('status')}{extra}")
+    click.echo("wrote " + ", ".join(files.values()))
+
+
+def _inference(settings: InferenceSettings, out: str, no_plot: bool) -> None:
+    from ifseg_deploy.bench.report import summary_lines, write_outputs
+    from ifseg_deploy.bench.run import run_inference
+    from ifseg_deploy.bench.settings import BenchUsageError
+
     from ..checkpoints.errors import CheckpointError
     from ..tokenizer import TokenizerError
 
