@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import Any
 
 import torch
 
@@ -34,7 +35,7 @@ class _Clock:
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
-        self.marks: list[tuple[str, object]] = []
+        self.marks: list[tuple[str, Any]] = []  # (phase, CUDA event or perf_counter seconds)
 
     def mark(self, name: str) -> None:
         if self.cuda:

@@ -48,13 +48,14 @@ def agreement(rows: list[Row], segmenters: dict[tuple, Segmenter], images: dict[
     for row in rows:
         if not row.ok or (row.key, row.size) in out or row.size not in base_rows:
             continue
-        img = images[row.size]
-        ref = segmenters[(base_rows[row.size].key, row.size)](img, return_probs=True)
-        res = segmenters[(row.key, row.size)](img, return_probs=True)
+        img = [images[row.size]]
+        ref = segmenters[(base_rows[row.size].key, row.size)].segment_many(img, return_probs=True)[0]
+        res = segmenters[(row.key, row.size)].segment_many(img, return_probs=True)[0]
+        diff = np.abs(np.asarray(ref.probs) - np.asarray(res.probs))
         out[(row.key, row.size)] = {
             "label_agreement": float((ref.labels == res.labels).mean()),
-            "max_abs_prob_diff": float(np.abs(ref.probs - res.probs).max()),
-            "mean_abs_prob_diff": float(np.abs(ref.probs - res.probs).mean()),
+            "max_abs_prob_diff": float(diff.max()),
+            "mean_abs_prob_diff": float(diff.mean()),
             "baseline_distinct_labels": int(np.unique(ref.labels).size),
         }
     return out
@@ -75,7 +76,7 @@ class _Agreement:
         return getattr(self.segmenter, name)
 
     def __call__(self, image: Any) -> SegmentationResult:
-        result = self.segmenter(image)
+        result = self.segmenter.segment_many([image])[0]
         if self.baseline is None:
             self.recorded.append(result.labels.astype(np.int32))
             base = result.labels

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -40,8 +41,8 @@ def segmenters_and_tasks(rows: list[Row], loaded: dict[tuple, Loaded], images: d
         segmenters[(row.key, row.size)] = seg
         pixels = np.ascontiguousarray(np.stack([seg.preprocess(images[row.size])] * row.batch))
         batch_images = [images[row.size]] * row.batch
-        tasks.append(Task(row, "model", lambda b=backend, x=pixels: b.probs(x)))
-        tasks.append(Task(row, "e2e", lambda sg=seg, ims=batch_images: sg.segment_many(ims)))
+        tasks.append(Task(row, "model", partial(backend.probs, pixels)))
+        tasks.append(Task(row, "e2e", partial(seg.segment_many, batch_images)))
     return segmenters, tasks
 
 

@@ -209,6 +209,39 @@ def test_preset_builds_a_random_model(tmp_path):
     assert not (tmp_path / "bench.png").exists()
 
 
+def test_accuracy_compares_each_image_with_the_baseline(tiny_model_dir):
+    """mIoU per variant and the share of pixels it labels as the baseline did, image by image. The variant here
+    is the model without the kNN refinement, listed before the baseline."""
+    from ifseg_deploy.bench.quality import accuracy
+    from ifseg_deploy.bench.variants import Loaded, Row
+    from ifseg_deploy.evaluation.evaluate import evaluate
+    from ifseg_deploy.evaluation.registry import get_dataset
+    from ifseg_deploy.model_dir import AdaptedModel
+    from ifseg_deploy.runtime.backends.torch import TorchBackend
+    from ifseg_deploy.runtime.segmenter import Segmenter
+
+    adapted = AdaptedModel.from_pretrained(tiny_model_dir)
+    backends = {"paper": TorchBackend(adapted, "cpu", (3, 25)), "none": TorchBackend(adapted, "cpu", (1, 0))}
+    size = (48, 48)
+    rows = [Row("torch", "fp32", size, 1, key=("none",)), Row("torch", "fp32", size, 1, baseline=True, key=("paper",))]
+    loaded = {(k,): Loaded(b, 0.0, None, k) for k, b in backends.items()}
+    dataset = get_dataset("synthetic", None, num_scenes=3)
+    acc = accuracy(rows, loaded, dataset, limit=3, echo=lambda m: None)
+
+    segs = {k: Segmenter(b, short_side=48) for k, b in backends.items()}
+    same = pixels = 0
+    for i in range(3):
+        image, _ = dataset.load(i)
+        a, b = segs["paper"](image).labels, segs["none"](image).labels
+        same, pixels = same + int((a == b).sum()), pixels + a.size
+    assert 0 < same < pixels  # the two differ somewhere (else this test could not tell)
+    variant = acc[(("none",), size)]
+    assert variant["pixel_agreement_with_baseline"] == same / pixels
+    assert acc[(("paper",), size)]["pixel_agreement_with_baseline"] == 1.0
+    assert variant["images"] == 3 and variant["dataset"] == "synthetic"
+    assert variant["mIoU"] == evaluate(segs["none"], dataset, progress=False)["mIoU"]
+
+
 # -- the other modes ----------------------------------------------------------------------------------------------
 def test_mode_adapt_reports_samples_per_second_and_data_share(tmp_path):
     result = CliRunner().invoke(cli, ["bench", "--mode", "adapt", "--preset", "tiny", "--classes", "4", "--batch",

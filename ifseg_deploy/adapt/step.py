@@ -75,7 +75,7 @@ class TrainStep:
     @property
     def lr(self) -> float:
         """The learning rate the next step uses."""
-        return self.scheduler.get_last_lr()[0]
+        return float(self.scheduler.get_last_lr()[0])
 
     def __call__(self, batch: Sequence[Tensor], clock: Clock | None = None) -> tuple[Tensor, Tensor]:
         """Train on ``batch``; returns (loss, gradient norm before clipping) as tensors: reading them is the

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -109,7 +110,7 @@ class _StopFlag:
 
     def __init__(self) -> None:
         self.raised: str | None = None
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Any] = {}  # the handlers to put back
 
     def __enter__(self) -> _StopFlag:
         for sig in (signal.SIGINT, signal.SIGTERM):
