@@ -80,8 +80,12 @@ def training_device(device: str | torch.device | None, ctx: dist_utils.DistConte
     that is no device, a CUDA device this machine lacks, or ``tensorrt``."""
     if device is None:
         return ctx.default_device()
-    if parse_device(str(device)).tensorrt:
-        raise DeviceError(f"device {str(device)!r}: adaptation runs on cpu or cuda[:N]")
+    try:
+        tensorrt = parse_device(str(device)).tensorrt
+    except DeviceError:
+        raise DeviceError(f"unknown device {str(device)!r}; adaptation runs on cpu, cuda or cuda:N") from None
+    if tensorrt:
+        raise DeviceError(f"device {str(device)!r}: adaptation runs on cpu, cuda or cuda:N")
     return torch_device(str(device))
 
 
