@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -26,7 +27,7 @@ from ifseg_deploy.synthetic.cache import (
     default_cache_root,
     world_cache_entry,
 )
-from ifseg_deploy.synthetic.evaluation import confusion_matrix, evaluate_alignment, evaluate_model, miou_from_confusion
+from ifseg_deploy.synthetic.evaluation import evaluate_alignment, evaluate_model, miou_from_confusion
 from ifseg_deploy.synthetic.tiny_vlm import CHECKPOINT_NAME, WorldRecipe, build_world_model, world_config
 from ifseg_deploy.synthetic.vocab import WORD_PIECES, world_tokenizer, world_words, write_bpe_files
 from ifseg_deploy.synthetic.world import ALL_CATEGORIES, DEFAULT_CATEGORIES, TEST_SEEDS, SyntheticScenes
@@ -231,9 +232,11 @@ def test_default_cache_root(monkeypatch, tmp_path):
 # ---- the property, measured on scenes no training saw -------------------------------------------------------------
 
 def test_metric_against_hand_computed_values():
-    target = torch.tensor([[0, 0, 1, 1], [2, 2, 2, 2]])
-    pred = torch.tensor([[0, 1, 1, 1], [2, 2, 0, 0]])
-    res = miou_from_confusion(confusion_matrix(pred, target, 4))
+    target = np.array([[0, 0, 1, 1], [2, 2, 2, 2]])
+    pred = np.array([[0, 1, 1, 1], [2, 2, 0, 0]])
+    conf = np.zeros((4, 4), np.int64)
+    np.add.at(conf, (target.ravel(), pred.ravel()), 1)  # rows = true class, columns = predicted
+    res = miou_from_confusion(torch.from_numpy(conf))
     # class 0: I=1, U=2+3-1=4; class 1: I=2, U=2+3-2=3; class 2: I=2, U=4+2-2=4; class 3 never occurs (excluded)
     assert abs(res["miou"] - (1 / 4 + 2 / 3 + 2 / 4) / 3) < 1e-9
     assert res["pixel_accuracy"] == 5 / 8
