@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from bpe_fixture import write_tiny_bpe
+from helpers.bpe import write_tiny_bpe
 
 from ifseg_deploy.checkpoints.loader import load_ofa
 from ifseg_deploy.checkpoints.ofa_keys import NEW_SEG_KEYS
