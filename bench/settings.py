@@ -1,4 +1,5 @@
 """What ``ifseg-deploy bench`` (inference mode) is asked to measure: the settings, their parsing and their checks.
+Nothing heavy is imported here: the command line reads its choices from this module.
 
 The backend names are the runtime registry's and the precisions those of an export, plus the benchmark's own
 ``int8-dynamic``: a CPU diagnostic, not a deployment format. It is ONNX Runtime's own dynamic quantization of the
@@ -14,8 +15,7 @@ from dataclasses import dataclass, field
 
 from ifseg_deploy.devices import DeviceError, parse_device, torch_device
 from ifseg_deploy.errors import UsageError
-from ifseg_deploy.runtime.model_info import PRECISIONS
-from ifseg_deploy.runtime.registry import BACKEND_NAMES
+from ifseg_deploy.runtime.registry import BACKEND_NAMES, PRECISIONS
 
 DYNAMIC_INT8 = "int8-dynamic"
 #: Every precision a benchmark row can have: an export's, and ONNX Runtime's dynamic INT8.
@@ -39,7 +39,7 @@ class InferenceSettings:
     bpe_dir: str | None = None
     seed: int = 0
     backends: list[str] = field(default_factory=lambda: list(BACKEND_NAMES))
-    precisions: list[str] = field(default_factory=lambda: ["fp32", "fp16", "int8"])
+    precisions: list[str] = field(default_factory=lambda: list(PRECISIONS))
     sizes: list[Size] | None = None
     batches: list[int] = field(default_factory=lambda: [1])
     warmup: int = 5
@@ -113,21 +113,3 @@ def parse_ints(text: str, what: str = "value") -> list[int]:
     return out
 
 
-
-def parse_sizes(text: str) -> list[Size]:
-    """``"512x512,512x683"`` -> [(512, 512), (512, 683)] (duplicates dropped)."""
-    from ifseg_deploy.runtime.input_spec import SpecError, parse_size
-
-    sizes: list[Size] = []
-    for part in text.split(","):
-        if not part.strip():
-            continue
-        try:
-            size = parse_size(part)
-        except SpecError as e:
-            raise BenchUsageError(str(e)) from None
-        if size not in sizes:
-            sizes.append(size)
-    if not sizes:
-        raise BenchUsageError("no size given")
-    return sizes

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from bpe_fixture import write_tiny_bpe
 from click.testing import CliRunner
-from ofa_fixture import tiny_config, write_fairseq_checkpoint
+from helpers.bpe import write_tiny_bpe
+from helpers.ofa import tiny_config, write_fairseq_checkpoint
 
 from ifseg_deploy.adapt import AdaptationInterrupted, AdaptConfig, adapt
 from ifseg_deploy.adapt.data import ArtificialMaps

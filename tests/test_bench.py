@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from ofa_fixture import tiny_config
+from helpers.ofa import tiny_config
 
 from ifseg_deploy.bench.models import random_adapted_model
 from ifseg_deploy.bench.settings import parse_ints, parse_list
@@ -78,7 +78,7 @@ def test_list_parsing():
 
 # -- the harness on a tiny model ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> Path:
+def world_model_dir(tmp_path_factory) -> Path:
     """A random-weight model of a tiny architecture, adapted (nominally) to the synthetic world's 8 names, so
     that ``--dataset synthetic`` accepts it."""
     out = tmp_path_factory.mktemp("bench") / "model"
@@ -87,11 +87,11 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def inference_run(tiny_model_dir, tmp_path_factory):
+def inference_run(world_model_dir, tmp_path_factory):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("modelopt.onnx.quantization")
     out = tmp_path_factory.mktemp("bench_out")
-    args = ["bench", "--model", str(tiny_model_dir), "--backends", "torch,onnxruntime,tensorrt", "--precisions",
+    args = ["bench", "--model", str(world_model_dir), "--backends", "torch,onnxruntime,tensorrt", "--precisions",
             "fp32,fp16,int8,int8-dynamic", "--sizes", SIZE, "--batch", "1,2", "--warmup", "1", "--iters", "2",
             "--calib-max", "2", "--threads", "1", "--device", "cpu", "--dataset", "synthetic", "--limit", "2",
             "--profile", "--out", str(out)]
@@ -172,19 +172,19 @@ def test_inference_markdown_and_plot(inference_run):
         "fp32_64x64_b2.onnx", "int8-dynamic_64x64_b2.onnx", "int8_64x64_b2.onnx"]
 
 
-def test_exports_are_reused_and_given_files_are_used(inference_run, tiny_model_dir):
+def test_exports_are_reused_and_given_files_are_used(inference_run, world_model_dir):
     out, _, _ = inference_run
     fp32 = out / "exports" / "fp32_64x64_b2.onnx"
     runner = CliRunner()
     # the same model directory again: the export is reused, not redone
-    result = runner.invoke(cli, ["bench", "--model", str(tiny_model_dir), "--backends", "onnxruntime", "--precisions",
+    result = runner.invoke(cli, ["bench", "--model", str(world_model_dir), "--backends", "onnxruntime", "--precisions",
                                  "fp32", "--sizes", SIZE, "--batch", "1,2", "--warmup", "0", "--iters", "1",
                                  "--threads", "1", "--device", "cpu", "--no-plot", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert f"reusing {fp32}" in result.output
     # a given .onnx file is used as is; its fixed size is the default size
     out2 = out.parent / "given"
-    result = runner.invoke(cli, ["bench", "--model", str(tiny_model_dir), "--model", str(fp32), "--backends",
+    result = runner.invoke(cli, ["bench", "--model", str(world_model_dir), "--model", str(fp32), "--backends",
                                  "onnxruntime", "--precisions", "fp32", "--warmup", "0", "--iters", "1", "--threads",
                                  "1", "--no-plot", "--out", str(out2)])
     assert result.exit_code == 0, result.output
@@ -209,7 +209,7 @@ def test_preset_builds_a_random_model(tmp_path):
     assert not (tmp_path / "bench.png").exists()
 
 
-def test_accuracy_compares_each_image_with_the_baseline(tiny_model_dir):
+def test_accuracy_compares_each_image_with_the_baseline(world_model_dir):
     """mIoU per variant and the share of pixels it labels as the baseline did, image by image. The variant here
     is the model without the kNN refinement, listed before the baseline."""
     from ifseg_deploy.bench.quality import accuracy
@@ -220,7 +220,7 @@ def test_accuracy_compares_each_image_with_the_baseline(tiny_model_dir):
     from ifseg_deploy.runtime.backends.torch import TorchBackend
     from ifseg_deploy.runtime.segmenter import Segmenter
 
-    adapted = AdaptedModel.from_pretrained(tiny_model_dir)
+    adapted = AdaptedModel.from_pretrained(world_model_dir)
     backends = {"paper": TorchBackend(adapted, "cpu", (3, 25)), "none": TorchBackend(adapted, "cpu", (1, 0))}
     size = (48, 48)
     rows = [Row("torch", "fp32", size, 1, key=("none",)), Row("torch", "fp32", size, 1, baseline=True, key=("paper",))]
@@ -290,7 +290,7 @@ def test_usage_errors(tmp_path, args, message):
     assert message in result.output
 
 
-def test_model_errors(tmp_path, tiny_model_dir):
+def test_model_errors(tmp_path, world_model_dir):
     runner = CliRunner()
     # an exported file without the model directory: no baseline
     onnx = tmp_path / "m.onnx"

@@ -31,13 +31,16 @@ from ..version import __version__
 from . import distributed as dist_utils
 from .config import AdaptConfig
 from .data import ArtificialMaps
-from .ops import wordmap_train_step
+from .ops import WordMapForward, wordmap_train_step
 from .step import TrainStep, cosine_factor, resolve_precision
 
 __all__ = ["AdaptResult", "AdaptationInterrupted", "StepCallback", "adapt", "cosine_factor", "resolve_precision",
            "set_regularisation", "training_device"]
 
 log = logging.getLogger(__name__)
+
+#: The former name of :class:`~.ops.WordMapForward`, which tests/test_wordmap_kernel.py imports from here.
+WordMapStep = WordMapForward
 
 CHECKPOINT = "checkpoint.pt"
 RUN_CONFIG = "adapt_config.json"
