@@ -1,7 +1,8 @@
 """The errors a user can cause, in four families under one base, so every command catches one type.
 
 * :class:`InputError`: what the user gave is wrong (category names, options, paths, images, datasets);
-  :class:`UsageError` for options that cannot go together.
+  :class:`UsageError` for options that cannot go together, :class:`CategoryError` for category lists a model
+  cannot take.
 * :class:`ArtifactError`: a file or folder is missing, damaged, of another kind, or stale (checkpoints, model
   directories, ONNX files, engines).
 * :class:`BackendError`: an engine is not installed here or fails to load (ONNX Runtime providers, TensorRT).
@@ -27,6 +28,13 @@ class InputError(IfsegError, ValueError):
 
 class UsageError(InputError):
     """Options that cannot go together (exit status 2, as for click's own usage errors)."""
+
+    exit_code = 2
+
+
+class CategoryError(InputError):
+    """A category list a model cannot take: empty, duplicated or blank names, or names a per-vocabulary model
+    does not know (exit status 2, as for a bad option value)."""
 
     exit_code = 2
 

@@ -67,6 +67,18 @@ class AdaptedModel:
                       stacklevel=2)
         return cls.unadapted_from_ofa(*args, **kwargs)
 
+    @property
+    def vocabulary(self) -> dict[str, Any]:
+        """How the model was adapted: ``{"mode": "per-vocabulary"}`` (the paper's recipe, also for a model that
+        records nothing) or ``{"mode": "open", "names": [...training vocabulary...], ...}`` (``--vocabulary``)."""
+        saved = self.metadata.get("vocabulary")
+        return dict(saved) if isinstance(saved, dict) else {"mode": "per-vocabulary"}
+
+    @property
+    def open_vocabulary(self) -> bool:
+        """True for a model adapted on many vocabularies (``adapt --vocabulary``): it segments any names."""
+        return self.vocabulary.get("mode") == "open"
+
     def config_dict(self) -> dict[str, Any]:
         return {
             "format": FORMAT_NAME,

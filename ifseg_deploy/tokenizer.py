@@ -27,6 +27,8 @@ __all__ = [
     "OFATokenizer",
     "PromptTooLongError",
     "TokenizerError",
+    "clean_names",
+    "name_key",
     "parse_categories",
 ]
 
@@ -129,11 +131,12 @@ def _require(path: Path, names: Sequence[str]) -> None:
     raise TokenizerError(f"{path} is missing {', '.join(missing)}; {_EXPECTED}")
 
 
-def _name_key(name: str) -> str:
+def name_key(name: str) -> str:
+    """How two category names are compared: whitespace collapsed, case folded."""
     return " ".join(name.split()).casefold()
 
 
-def _clean_names(names: Iterable[str]) -> list[str]:
+def clean_names(names: Iterable[str]) -> list[str]:
     """Stripped names; refuses an empty list, blank or letterless names and duplicates."""
     if isinstance(names, str):
         raise TokenizerError(f"expected a list of category names, got the string {names!r}")
@@ -148,7 +151,7 @@ def _clean_names(names: Iterable[str]) -> list[str]:
         # Punctuation-only names do tokenize, but into nothing that describes a class.
         if not any(ch.isalnum() for ch in name):
             raise TokenizerError(f"category name {name!r} has no letter or digit")
-        key = _name_key(name)
+        key = name_key(name)
         if key in first:
             raise TokenizerError(f"duplicate category name {name!r} (same as {first[key]!r}, ignoring case)")
         first[key] = name
@@ -171,7 +174,7 @@ def parse_categories(text: str) -> list[str]:
         if "" in items:
             raise TokenizerError(f"line {n}: empty category name in {line!r}")
         names.extend(items)
-    return _clean_names(names)
+    return clean_names(names)
 
 
 class OFATokenizer:
@@ -351,7 +354,7 @@ class OFATokenizer:
     def name_tokens(self, names: Sequence[str]) -> list[list[int]]:
         """Fairseq ids of each category name (its class-table row is the mean of their embeddings)."""
         out = []
-        for name in _clean_names(names):
+        for name in clean_names(names):
             ids = self.encode_words(name)
             if all(i == self.unk_id for i in ids):
                 raise TokenizerError(f"category name {name!r} tokenizes only to <unk> with this vocabulary")

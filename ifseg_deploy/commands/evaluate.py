@@ -7,7 +7,7 @@ import json
 import click
 
 from ..evaluation.registry import DATASETS
-from .options import backend_options, load_segmenter
+from .options import backend_options, load_segmenter, read_categories, run_time_categories_option
 
 
 @click.command("eval", short_help="mIoU, mAcc and aAcc on ADE20K, COCO-Stuff or a folder of labelled images.")
@@ -22,10 +22,12 @@ from .options import backend_options, load_segmenter
 @click.option("--out", "out_file", type=click.Path(dir_okay=False),
               help="Also write the report as JSON (metrics as fractions in [0, 1]; null where undefined).")
 @backend_options
+@run_time_categories_option
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def evaluate_command(model: str, dataset_name: str, root: str | None, limit: int | None, out_file: str | None,
                      backend: str, device: str, no_refine: bool, refine_k: int | None, refine_iters: int | None,
-                     short_side: int | None, max_long_side: int | None, no_progress: bool) -> None:
+                     short_side: int | None, max_long_side: int | None, categories: str | None,
+                     categories_file: str | None, no_progress: bool) -> None:
     """Evaluate the model at --model on a labelled dataset, the way IFSeg's paper does.
 
     Single scale, whole image: each image is resized (short side 512, long side at most 2048), segmented, and
@@ -45,8 +47,10 @@ def evaluate_command(model: str, dataset_name: str, root: str | None, limit: int
                                  param_hint="--dataset")
     # A dataset that cannot be read, a model of other classes and an unreadable image are user errors (the
     # command group prints them).
+    names = read_categories(categories, categories_file, required=False)
     dataset = get_dataset(dataset_name, root)
-    with load_segmenter(model, backend, device, no_refine, refine_k, refine_iters, short_side, max_long_side) as seg:
+    with load_segmenter(model, backend, device, no_refine, refine_k, refine_iters, short_side, max_long_side,
+                        names) as seg:
         report = evaluate(seg, dataset, limit=limit, progress=not no_progress, model_path=model)
     click.echo(format_table(report))
     if out_file:

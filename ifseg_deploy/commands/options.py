@@ -21,18 +21,29 @@ Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 ARCH_NAMES = ("tiny", "medium", "base", "large", "huge")
 
 
-def categories_option(f: Callable[..., Any]) -> Callable[..., Any]:
+def categories_option(f: Callable[..., Any], at_run_time: bool = False) -> Callable[..., Any]:
     """--categories / --categories-file, shared by every command that takes category names."""
+    extra = (" Default: the model's own. A subset of them works with any model; other names need a model adapted "
+             "with --vocabulary." if at_run_time else "")
     f = click.option("--categories-file", type=click.Path(exists=True, dir_okay=False),
-                     help="File with one category name per line (blank lines and # comments ignored).")(f)
+                     help="File with one category name per line (blank lines and # comments ignored)." + extra)(f)
     return click.option("--categories", "-c", metavar="NAMES",
-                        help='Comma-separated category names, e.g. "floor, wall, cable, pallet, person".')(f)
+                        help='Comma-separated category names, e.g. "floor, wall, cable, pallet, person".' + extra)(f)
 
 
-def read_categories(categories: str | None, categories_file: str | None) -> list[str]:
-    """The names given with exactly one of --categories / --categories-file; a bad list is a usage error."""
+def run_time_categories_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--categories / --categories-file of the commands that run a model (segment, eval): optional, they choose
+    what the loaded model segments."""
+    return categories_option(f, at_run_time=True)
+
+
+def read_categories(categories: str | None, categories_file: str | None, required: bool = True) -> list[str] | None:
+    """The names given with exactly one of --categories / --categories-file (None when neither is given and
+    ``required`` is False); a bad list is a usage error."""
     from ..tokenizer import TokenizerError, parse_categories
 
+    if not required and categories is None and categories_file is None:
+        return None
     if (categories is None) == (categories_file is None):
         raise click.UsageError("give the category names with exactly one of --categories or --categories-file")
     try:
@@ -80,9 +91,11 @@ def backend_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def load_segmenter(model: str, backend: str, device: str, no_refine: bool, refine_k: int | None,
-                   refine_iters: int | None, short_side: int | None, max_long_side: int | None) -> Any:
-    """The Segmenter of :func:`backend_options`' values. A user error (an :class:`~ifseg_deploy.errors.IfsegError`
-    or an OSError) propagates: the command group prints it as ``Error: ...``."""
+                   refine_iters: int | None, short_side: int | None, max_long_side: int | None,
+                   categories: list[str] | None = None) -> Any:
+    """The Segmenter of :func:`backend_options`' values, segmenting ``categories`` (None: the model's own). A user
+    error (an :class:`~ifseg_deploy.errors.IfsegError` or an OSError) propagates: the command group prints it as
+    ``Error: ...``."""
     from ..runtime.segmenter import Segmenter
 
     if backend == "tensorrt" and str(model).lower().endswith(".onnx"):
@@ -93,7 +106,7 @@ def load_segmenter(model: str, backend: str, device: str, no_refine: bool, refin
         model = str(engine_for(model, device=device, echo=click.echo))
     return Segmenter.from_pretrained(model, backend=backend, device=device, refine=False if no_refine else None,
                                      refine_k=refine_k, refine_iters=refine_iters, short_side=short_side,
-                                     max_long_side=max_long_side)
+                                     max_long_side=max_long_side, categories=categories)
 
 
 def parse_size(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .options import backend_options, load_segmenter
+from .options import backend_options, load_segmenter, read_categories, run_time_categories_option
 
 
 def _output_stems(items: list[tuple[Path, Path | None]]) -> list[Path]:
@@ -40,6 +40,7 @@ def _output_stems(items: list[tuple[Path, Path | None]]) -> list[Path]:
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Output folder (created).")
 @backend_options
+@run_time_categories_option
 @click.option("--save-probs", is_flag=True,
               help="Also write the class probabilities on the model's 1/16 grid as probs/NAME.npy, (M, h, w) "
                    "float32.")
@@ -49,7 +50,8 @@ def _output_stems(items: list[tuple[Path, Path | None]]) -> list[Path]:
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def segment(inputs: tuple[str, ...], model: str, out_dir: str, backend: str, device: str, no_refine: bool,
             refine_k: int | None, refine_iters: int | None, short_side: int | None, max_long_side: int | None,
-            save_probs: bool, alpha: float, recursive: bool, no_progress: bool) -> None:
+            categories: str | None, categories_file: str | None, save_probs: bool, alpha: float, recursive: bool,
+            no_progress: bool) -> None:
     """Segment every IMAGE (and every image file in each DIR) with the model at --model.
 
     \b
@@ -70,10 +72,11 @@ def segment(inputs: tuple[str, ...], model: str, out_dir: str, backend: str, dev
     from ..runtime.images import ImageLoadError, find_images
     from ..runtime.visualize import label_image, overlay, palette, png_bytes
 
+    names = read_categories(categories, categories_file, required=False)
     items = find_images(inputs, recursive=recursive)
     if not items:
         raise click.ClickException("no images found in " + ", ".join(inputs))
-    seg = load_segmenter(model, backend, device, no_refine, refine_k, refine_iters, short_side, max_long_side)
+    seg = load_segmenter(model, backend, device, no_refine, refine_k, refine_iters, short_side, max_long_side, names)
     names = seg.class_names
     colours = palette(len(names))
     out = Path(out_dir)

@@ -33,6 +33,9 @@ class Backend(ABC):
     device: str = "cpu"
     #: The most images one run of the engine takes (None: any); :meth:`probs` splits larger batches itself.
     max_batch: int | None = None
+    #: Whether :meth:`set_categories` changes the categories inside the engine. Otherwise the Segmenter keeps a
+    #: subset of the backend's own categories by restricting its probabilities.
+    can_set_categories: bool = False
 
     @classmethod
     def from_file(cls, path: str | Path, *, device: str | None = None, refinement: tuple[int, int] | None = None,
@@ -52,6 +55,11 @@ class Backend(ABC):
         import torch
 
         return torch.from_numpy(np.ascontiguousarray(self.probs(pixels), dtype=np.float32))
+
+    def set_categories(self, names: list[str]) -> None:
+        """Segment ``names`` from now on (backends with :attr:`can_set_categories`); ``categories`` becomes
+        ``names`` and :meth:`probs` returns one channel per name."""
+        raise BackendError(f"the {self.name} backend cannot change its categories")
 
     def describe(self) -> dict[str, Any]:
         """What is running, for logs and benchmark reports."""

@@ -1,7 +1,8 @@
 """The inference graph shared by the PyTorch backend and ONNX export: normalised image in, probabilities out.
 
 The prompt ids and the class table are constants of the graph (as the category names are fixed at adaptation),
-so the exported model needs nothing but pixels.
+so the exported model needs nothing but pixels. ``class_index`` (set by the torch backend's ``set_categories``)
+keeps a subset of the classes; an export leaves it None.
 """
 
 from __future__ import annotations
@@ -29,10 +30,15 @@ class InferenceGraph(nn.Module):
         self.refine_k = refine_k
         self.refine_iters = refine_iters
         self.labels_at_input = labels_at_input
+        #: None, or the class ids to keep (in this order): the others' logits are dropped before the softmax, so
+        #: the probabilities are those of the model restricted to a subset of its categories.
+        self.class_index: Tensor | None = None
 
     def forward(self, pixels: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         features = self.model.image_features(pixels)
         logits = self.model.run_tokens(self.model.project_features(features), check_padding=False).logits
+        if self.class_index is not None:
+            logits = logits.index_select(1, self.class_index)
         probs = logits.float().softmax(dim=1)
         if self.refine_k > 1 and self.refine_iters > 0:
             probs = knn_refine(probs, features, self.refine_k, self.refine_iters)

@@ -5,6 +5,7 @@
 >>> result.labels.shape, result.class_names                           # (H, W) ids at the photo's size
 >>> seg = Segmenter.from_pretrained("model.onnx", backend="onnxruntime")  # same calls, another engine
 >>> seg = Segmenter(my_backend)                                       # any ``Backend`` implementation
+>>> seg.set_categories(["floor", "person"])   # a subset of its own (any model); any names (open-vocabulary models)
 
 The pipeline is the paper's evaluation protocol (``ifseg_method.md`` §4; geometry in :mod:`ifseg_deploy.preprocessing`):
 resize (short side 512, long side at most 2048, bilinear), RGB / 255, (x - 0.5) / 0.5, the backend's
@@ -26,6 +27,7 @@ from ..errors import InputError
 from ..preprocessing import preprocess, upsample_argmax
 from ..refine import refinement_setting
 from .backend import Backend
+from .categories import check_names, restrict_probs, subset_index
 from .images import load_image
 from .registry import BackendUnavailableError, load_backend
 
@@ -87,24 +89,36 @@ class Segmenter:
         self.preprocessing = backend.preprocessing.replace(short_side=short_side, max_long_side=max_long_side)
         self.batch_size = batch_size
         self.exif = exif
+        # A subset of the backend's own categories, kept here for backends that cannot change theirs.
+        self._subset: tuple[list[str], torch.Tensor] | None = None
 
     # -- construction ------------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | Path, backend: str = "torch", device: str | None = "cpu", *,
                         refine: bool | None = None, refine_k: int | None = None, refine_iters: int | None = None,
                         short_side: int | None = None, max_long_side: int | None = None,
-                        batch_size: int = 8, exif: bool = True, **backend_options: Any) -> Segmenter:
+                        batch_size: int = 8, exif: bool = True, categories: Sequence[str] | str | None = None,
+                        **backend_options: Any) -> Segmenter:
         """Load ``path`` with backend ``"torch"`` (an adapted-model directory), ``"onnxruntime"`` (an .onnx file)
         or ``"tensorrt"`` (an engine built by the export stage).
 
         Refinement: ``refine`` (default on), ``refine_k`` (3) and ``refine_iters`` (25). The torch backend
         applies them; an exported model has its refinement built in, and asking for other settings than the
-        file has is an error (re-export instead). ``backend_options`` go to the backend's ``from_file``.
+        file has is an error (re-export instead). ``categories``: see :meth:`set_categories` (checked before the
+        model is loaded when they are malformed). ``backend_options`` go to the backend's ``from_file``.
         """
+        names = None if categories is None else check_names(categories)
         asked = refine is not None or refine_k is not None or refine_iters is not None
         wanted = refinement_setting(refine is not False, refine_k, refine_iters) if asked else None
         engine = load_backend(backend, path, device=device, refinement=wanted, **backend_options)
-        return cls(engine, short_side=short_side, max_long_side=max_long_side, batch_size=batch_size, exif=exif)
+        seg = cls(engine, short_side=short_side, max_long_side=max_long_side, batch_size=batch_size, exif=exif)
+        if names is not None:
+            try:
+                seg.set_categories(names)
+            except BaseException:
+                seg.close()
+                raise
+        return seg
 
     @classmethod
     def from_model(cls, adapted: Any, device: str | None = "cpu", *, refine: bool = True, refine_k: int = 3,
@@ -114,10 +128,30 @@ class Segmenter:
 
         return cls(TorchBackend(adapted, device, refinement_setting(refine, refine_k, refine_iters)), **kwargs)
 
+    # -- categories --------------------------------------------------------------------------------------------
+    def set_categories(self, names: Sequence[str] | str) -> None:
+        """Segment ``names`` (a list, or one comma-separated string) from now on; ``class_names`` becomes them.
+
+        Any model takes a subset of its own categories, in any order: the other classes' logits are masked
+        before the softmax (the torch backend), or their probabilities dropped and the rest renormalised (the
+        exported backends; the same when the file has no refinement). A model adapted with ``--vocabulary``
+        on the torch backend takes any names (its prompt and class table are rebuilt). Refused with
+        :class:`~ifseg_deploy.errors.CategoryError`: an empty list, blank or duplicate names, and names a
+        per-vocabulary model does not know."""
+        checked = check_names(names)
+        if self.backend.can_set_categories:
+            self.backend.set_categories(checked)
+            self._subset = None
+            return
+        own = list(self.backend.categories)  # the file's own list: a new subset replaces the previous one
+        index = subset_index(checked, own)
+        identity = index == list(range(len(own)))
+        self._subset = None if identity else (checked, torch.tensor(index, dtype=torch.long))
+
     # -- properties --------------------------------------------------------------------------------------------
     @property
     def class_names(self) -> list[str]:
-        return list(self.backend.categories)
+        return list(self._subset[0]) if self._subset is not None else list(self.backend.categories)
 
     @property
     def refinement(self) -> tuple[int, int]:
@@ -147,6 +181,9 @@ class Segmenter:
     def _probs(self, batch: np.ndarray) -> torch.Tensor:
         out = self.backend.probs_tensor(batch)  # a torch backend keeps it on its device for the upsampling
         m = len(self.backend.categories)
+        if self._subset is not None and out.shape[1] == m:
+            out = restrict_probs(out, self._subset[1])
+            m = len(self._subset[0])
         expected = (batch.shape[0], m, *self.preprocessing.grid(*batch.shape[-2:]))
         if tuple(out.shape) != expected:
             raise RuntimeError(f"backend {self.backend.name!r} returned probabilities of shape {tuple(out.shape)}, "

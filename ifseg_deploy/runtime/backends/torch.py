@@ -10,9 +10,12 @@ import numpy as np
 import torch
 
 from ...devices import torch_device
+from ...errors import CategoryError
 from ...model_dir import AdaptedModel
+from ...modeling.position import max_text_tokens
 from ...refine import PAPER_REFINEMENT, refinement_setting
 from ..backend import Backend
+from ..categories import check_names, subset_index
 from ..graph import InferenceGraph
 
 
@@ -21,6 +24,7 @@ class TorchBackend(Backend):
     ((k, iterations); (1, 0) = none)."""
 
     name = "torch"
+    can_set_categories = True
 
     def __init__(self, adapted: AdaptedModel, device: str | torch.device | None = "cpu",
                  refinement: tuple[int, int] = PAPER_REFINEMENT) -> None:
@@ -41,6 +45,31 @@ class TorchBackend(Backend):
         dev = torch_device("cpu" if device is None else device)
         adapted = AdaptedModel.from_pretrained(path, device=dev, **options)
         return cls(adapted, dev, PAPER_REFINEMENT if refinement is None else refinement)
+
+    def set_categories(self, names: list[str]) -> None:
+        """Segment ``names`` from now on.
+
+        An open-vocabulary model gets the prompt and class table of ``names`` (milliseconds: one embedding
+        lookup); a per-vocabulary model keeps its prompt and drops the other classes' logits before the softmax,
+        and refuses names outside its list (:class:`~ifseg_deploy.errors.CategoryError`)."""
+        names = check_names(names)
+        if self.adapted.open_vocabulary:
+            from ...tokenizer import TokenizerError
+
+            tok, model = self.adapted.tokenizer, self.graph.model
+            try:
+                tok.check_prompt_length(names, max_text_tokens(model.cfg.max_source_positions), self.adapted.prompt)
+                name_tokens = tok.name_tokens(names)
+            except TokenizerError as e:
+                raise CategoryError(f"cannot segment these categories: {e}") from None
+            model.set_prompt(tok.prompt_ids(names, self.adapted.prompt), name_tokens)
+            self.adapted.categories = list(names)
+            self.graph.class_index = None
+        else:
+            index = subset_index(names, self.adapted.categories)
+            keep_all = index == list(range(len(self.adapted.categories)))
+            self.graph.class_index = None if keep_all else torch.tensor(index, device=self.torch_device)
+        self.categories = list(names)
 
     def probs_tensor(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Like :meth:`probs` but returns a float32 tensor on the backend's device."""
