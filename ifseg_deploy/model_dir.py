@@ -28,6 +28,10 @@ FORMAT_NAME = "ifseg-deploy/adapted-model"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+#: The ``mode`` under ``metadata["vocabulary"]``: adapted with ``--vocabulary`` (segments any names), or the
+#: paper's recipe (segments its own names and subsets of them).
+OPEN_VOCABULARY = "open"
+PER_VOCABULARY = "per-vocabulary"
 
 
 
@@ -72,12 +76,12 @@ class AdaptedModel:
         """How the model was adapted: ``{"mode": "per-vocabulary"}`` (the paper's recipe, also for a model that
         records nothing) or ``{"mode": "open", "names": [...training vocabulary...], ...}`` (``--vocabulary``)."""
         saved = self.metadata.get("vocabulary")
-        return dict(saved) if isinstance(saved, dict) else {"mode": "per-vocabulary"}
+        return dict(saved) if isinstance(saved, dict) else {"mode": PER_VOCABULARY}
 
     @property
     def open_vocabulary(self) -> bool:
         """True for a model adapted on many vocabularies (``adapt --vocabulary``): it segments any names."""
-        return self.vocabulary.get("mode") == "open"
+        return self.vocabulary.get("mode") == OPEN_VOCABULARY
 
     def config_dict(self) -> dict[str, Any]:
         return {

@@ -30,6 +30,12 @@ class AdaptConfig:
     loss: str = "chunked"  # chunked (memory-lean upsample + CE) | reference (materialises the full logits)
     checkpoint_every: int = 200
     log_every: int = 10
+    #: None: the paper's per-vocabulary recipe (the model learns the adapted names). A list of names:
+    #: open-vocabulary adaptation, each sample drawing ``vocab_min..vocab_max`` of them (capped by the list's
+    #: size) as its own prompt and classes, so the model segments whatever its prompt names.
+    vocabulary: list[str] | None = None
+    vocab_min: int = 2
+    vocab_max: int = 32
 
     def validate(self, world_size: int = 1) -> None:
         """Refuse out-of-range options with a message naming the option."""
@@ -53,6 +59,9 @@ class AdaptConfig:
             (self.loss in ("chunked", "reference"), "loss must be chunked or reference"),
             (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
             (self.log_every >= 1, "log_every must be >= 1"),
+            (1 <= self.vocab_min <= self.vocab_max, "need 1 <= vocab_min <= vocab_max"),
+            (self.vocabulary is None or len(self.vocabulary) >= 2,
+             "an open vocabulary needs at least 2 names"),
         ]
         for ok, message in checks:
             if not ok:
@@ -70,4 +79,6 @@ class AdaptConfig:
         d = dict(d)
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
+        if d.get("vocabulary") is not None:
+            d["vocabulary"] = list(d["vocabulary"])
         return cls(**d)

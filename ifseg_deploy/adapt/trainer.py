@@ -23,7 +23,7 @@ from torch import nn
 
 from ..atomic import atomic_torch_save, atomic_write_text
 from ..devices import DeviceError, parse_device, torch_device
-from ..model_dir import AdaptedModel
+from ..model_dir import OPEN_VOCABULARY, PER_VOCABULARY, AdaptedModel
 from ..modeling.layers import DropPath
 from ..modeling.segofa import SegOFA
 from ..tokenizer import DEFAULT_PROMPT
@@ -33,6 +33,7 @@ from .config import AdaptConfig
 from .data import ArtificialMaps
 from .ops import WordMapForward, wordmap_train_step
 from .step import TrainStep, cosine_factor, resolve_precision
+from .vocabulary import training_vocabulary, vocabulary_train_step
 
 __all__ = ["AdaptResult", "AdaptationInterrupted", "StepCallback", "adapt", "cosine_factor", "resolve_precision",
            "set_regularisation", "training_device"]
@@ -153,7 +154,7 @@ class _Run:
     work: Path
     model: SegOFA
     train: TrainStep
-    data: ArtificialMaps
+    data: Any  # ArtificialMaps or VocabularyMaps: sample(batch), state_dict(), load_state_dict()
 
 
 def adapt(checkpoint: str | Path, categories: Sequence[str], out: str | Path, config: AdaptConfig | None = None, *,
@@ -188,9 +189,7 @@ def adapt(checkpoint: str | Path, categories: Sequence[str], out: str | Path, co
         "precision": str(amp_dtype or torch.float32).replace("torch.", ""),
     }
     run_info = json.loads(json.dumps(run_info))  # the form it has on disk (tuples become lists), for resume checks
-    train = wordmap_train_step(model, cfg, dev, amp_dtype, wrap=lambda m: ctx.wrap(m, dev))
-    data = ArtificialMaps(model.num_classes, cfg.grid_max, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size,
-                          device=dev)
+    train, data, vocabulary = _training_setup(start, cfg, prompt, ctx, dev, amp_dtype)
     run = _Run(cfg, ctx, dev, work, model, train, data)
 
     # Dropout and drop path draw from the global generator: seed it per rank so runs repeat (resume restores it).
@@ -210,13 +209,29 @@ def adapt(checkpoint: str | Path, categories: Sequence[str], out: str | Path, co
     if ctx.is_main:
         final = AdaptedModel(model.eval(), start.tokenizer, start.categories, prompt,
                              metadata={**start.metadata, "adaptation": run_info, "steps": step,
-                                       "final_loss": last_loss})
+                                       "final_loss": last_loss, "vocabulary": vocabulary})
         final.preprocessing = final.preprocessing.replace(**(preprocessing or {}))
         extra = {RUN_CONFIG: (work / RUN_CONFIG).read_bytes(), METRICS: (work / METRICS).read_bytes()}
         final.save_pretrained(out, overwrite=overwrite or resume, extra_files=extra)
         _remove_work_dir(work)
     ctx.barrier()
     return AdaptResult(out if ctx.is_main else None, step, last_loss)
+
+
+def _training_setup(start: AdaptedModel, cfg: AdaptConfig, prompt: str, ctx: dist_utils.DistContext,
+                    dev: torch.device, amp_dtype: torch.dtype | None) -> tuple[TrainStep, Any, dict]:
+    """(the step, the data source, what the model directory records as its vocabulary) of the run's mode:
+    the paper's per-vocabulary word maps, or open-vocabulary ones when ``cfg.vocabulary`` is set."""
+    wrap = lambda m: ctx.wrap(m, dev)  # noqa: E731
+    if cfg.vocabulary is None:
+        data = ArtificialMaps(start.model.num_classes, cfg.grid_max, seed=cfg.seed, rank=ctx.rank,
+                              world_size=ctx.world_size, device=dev)
+        train = wordmap_train_step(start.model, cfg, dev, amp_dtype, wrap=wrap)
+        return train, data, {"mode": PER_VOCABULARY, "names": list(start.categories)}
+    names = training_vocabulary(cfg.vocabulary, start.categories)
+    train, data = vocabulary_train_step(start.model, start.tokenizer, names, prompt, cfg, dev, amp_dtype, wrap,
+                                        rank=ctx.rank, world_size=ctx.world_size)
+    return train, data, {"mode": OPEN_VOCABULARY, "names": names, "subset_size": [data.lo, data.hi]}
 
 
 def _train(run: _Run, step: int, progress: bool, on_step: StepCallback | None) -> tuple[int, float]:

@@ -88,6 +88,9 @@ class SurrogateDecoder(nn.Module):
             x = layer(x, enc.out, self_bias, cross_bias, enc.padding_mask)
         return self.layer_norm(x)
 
-    def class_logits(self, features: Tensor) -> Tensor:
-        """(B, T, d) -> (B, T, M): <h, e_c> with the class table, no bias, no temperature."""
-        return F.linear(features, self.seg_embed_tokens.weight.to(features.dtype))
+    def class_logits(self, features: Tensor, table: Tensor | None = None) -> Tensor:
+        """(B, T, d) -> (B, T, M): <h, e_c> with the class table, no bias, no temperature. ``table`` (B, M, d):
+        one class table per sample instead of the model's (open-vocabulary adaptation)."""
+        if table is None:
+            return F.linear(features, self.seg_embed_tokens.weight.to(features.dtype))
+        return torch.bmm(features, table.to(features.dtype).transpose(1, 2))

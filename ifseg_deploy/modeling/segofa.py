@@ -21,6 +21,9 @@ from .encoder import EncoderOutput, OFAEncoder
 from .position import max_text_tokens
 
 BOS_ID = 0
+#: The logit of a padded class: finite, so bilinear upsampling (weights of 0 included) keeps it, and exp() of it
+#: is 0 next to any real logit.
+MASKED_LOGIT = -1e4
 
 
 class SegOFAOutput(NamedTuple):
@@ -107,17 +110,24 @@ class SegOFA(nn.Module):
         return self.encoder.image_proj(features.permute(0, 2, 3, 1))
 
     def run_tokens(self, tokens: Tensor, src_tokens: Tensor | None = None, *, embedded: bool = False,
-                   check_padding: bool = True) -> SegOFAOutput:
+                   check_padding: bool = True, class_table: Tensor | None = None,
+                   class_mask: Tensor | None = None) -> SegOFAOutput:
         """Shared trunk. ``tokens`` (B, h, w, d) are projected image tokens or a word map; with
         ``embedded=True`` they already went through the type embedding and the patch LayerNorm (the fused
-        word-map kernel produces them that way) and only the embedding dropout is left to apply."""
+        word-map kernel produces them that way) and only the embedding dropout is left to apply.
+
+        ``class_table`` (B, M, d) gives each sample its own classes (with ``src_tokens`` (B, Lt) naming them,
+        padded with ``<pad>``); ``class_mask`` (B, M) is False at padded classes, whose logits become
+        :data:`MASKED_LOGIT`."""
         b, h, w, d = tokens.shape
         flat = tokens.reshape(b, h * w, d)
         patches = self.encoder.dropout(flat) if embedded else self.encoder.embed_patches(flat)
         enc = self.encoder(patches, (h, w), self._src(src_tokens, b), check_padding)
         bos = self.encoder.embed_tokens.weight[BOS_ID]
         features = self.decoder(enc, bos)
-        seq = self.decoder.class_logits(features)
+        seq = self.decoder.class_logits(features, class_table)
+        if class_mask is not None:
+            seq = seq.masked_fill(~class_mask.unsqueeze(1), MASKED_LOGIT)
         logits = seq[:, :-1].float().transpose(1, 2).reshape(b, -1, h, w)
         return SegOFAOutput(logits, seq, enc, features)
 

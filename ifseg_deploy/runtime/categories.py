@@ -15,10 +15,6 @@ import torch
 from ..errors import CategoryError
 from ..tokenizer import TokenizerError, clean_names, name_key, parse_categories
 
-#: The ``mode`` recorded under ``metadata["vocabulary"]`` of a model directory adapted with ``--vocabulary``.
-OPEN_VOCABULARY = "open"
-PER_VOCABULARY = "per-vocabulary"
-
 
 def check_names(names: Sequence[str] | str) -> list[str]:
     """Stripped names, or :class:`CategoryError` for an empty list, blank or letterless names and duplicates.
