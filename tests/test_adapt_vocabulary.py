@@ -118,3 +118,35 @@ def _crash_at(n: int):
         if step == n:
             raise RuntimeError(f"simulated crash at step {step}")
     return on_step
+
+
+def test_builtin_vocabularies():
+    from ifseg_deploy.evaluation.classnames import ADE20K_150, COCO_STUFF_171
+    from ifseg_deploy.evaluation.vocabularies import load_vocabulary
+    from ifseg_deploy.tokenizer import name_key
+
+    both = load_vocabulary("ade150+coco171")
+    keys = [name_key(n) for n in both]
+    assert len(keys) == len(set(keys))  # no name twice ("wall", "sky", "person", ... are in both lists)
+    assert set(keys) == {name_key(n) for n in ADE20K_150 + COCO_STUFF_171} and len(both) < 150 + 171
+    assert load_vocabulary("ade150") == ADE20K_150
+
+
+def test_cli_adapt_with_a_vocabulary_file(ckpt, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from ifseg_deploy.cli import cli
+
+    (tmp_path / "names.txt").write_text("# training names\n" + "\n".join(VOCAB) + "\n")
+    common = ["adapt", "--checkpoint", str(ckpt), "--steps", "1", "--batch-size", "2", "--wordmap-size", "8",
+              "--grid-max", "8", "--target-size", "16", "--quiet", "--vocab-max", "4"]
+    ok = CliRunner().invoke(cli, [*common, "--vocabulary", str(tmp_path / "names.txt"), "--out", str(tmp_path / "m")])
+    assert ok.exit_code == 0, ok.output
+    conf = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert conf["categories"] == VOCAB[:4]  # no -c: the first --vocab-max names
+    assert conf["metadata"]["vocabulary"] == {"mode": "open", "names": VOCAB, "subset_size": [2, 4]}
+    bad = CliRunner().invoke(cli, [*common, "--vocabulary", "ade151", "--out", str(tmp_path / "n")])
+    assert bad.exit_code == 2 and "neither a file nor one of the built-in lists" in bad.output, bad.output
+    assert not (tmp_path / "n").exists()

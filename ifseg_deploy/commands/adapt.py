@@ -13,6 +13,14 @@ from .options import arch_option, categories_option, device_option, read_categor
 @click.option("--bpe-dir", type=click.Path(exists=True, file_okay=False),
               help="encoder.json, vocab.bpe, dict.txt for a fairseq checkpoint (default: beside it).")
 @categories_option
+@click.option("--vocabulary", metavar="FILE|NAME",
+              help="Open-vocabulary adaptation: a file of names (one per line or comma-separated) or a built-in "
+                   "list (ade150, coco171, ade150+coco171); the -c names join it. Each sample draws its own "
+                   "vocabulary from it, so the model segments any names at run time. Without -c, the model's "
+                   "default categories are the list's first --vocab-max names.")
+@click.option("--vocab-min", type=int, default=2, show_default=True, help="Fewest names per sample (--vocabulary).")
+@click.option("--vocab-max", type=int, default=32, show_default=True,
+              help="Most names per sample (--vocabulary; capped by the list's size).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="The adapted-model directory to write.")
 @arch_option("Expected model size (refuses a checkpoint of another size).")
 @click.option("--steps", type=int, default=2000, show_default=True, help="Optimizer steps.")
@@ -41,9 +49,9 @@ from .options import arch_option, categories_option, device_option, read_categor
 @click.option("--resume", is_flag=True, help="Continue the interrupted run that wrote OUT.partial/.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT (and discard an interrupted run) when it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def adapt(checkpoint, bpe_dir, categories, categories_file, out, arch, steps, batch_size, lr, weight_decay, clip_norm,
-          dropout, drop_path, grid_max, wordmap_size, target_size, seed, precision, kernel, loss_impl,
-          checkpoint_every, log_every, device, resume, overwrite, quiet) -> None:
+def adapt(checkpoint, bpe_dir, categories, categories_file, vocabulary, vocab_min, vocab_max, out, arch, steps,
+          batch_size, lr, weight_decay, clip_norm, dropout, drop_path, grid_max, wordmap_size, target_size, seed,
+          precision, kernel, loss_impl, checkpoint_every, log_every, device, resume, overwrite, quiet) -> None:
     """Adapt an OFA checkpoint to your categories from their names alone (IFSeg's image-free method).
 
     Each step draws random U x V grids of your categories, turns them into "word maps" of the names' embeddings
@@ -54,20 +62,30 @@ def adapt(checkpoint, bpe_dir, categories, categories_file, out, arch, steps, ba
     `torchrun --nproc-per-node K -m ifseg_deploy adapt ...` keeps the global batch.
 
     \b
-    Example:
+    Examples:
       ifseg-deploy adapt --checkpoint ofa_base.pt --bpe-dir OFA/utils/BPE \\
           -c "floor, wall, cable, pallet, person" --out my_model
+      ifseg-deploy adapt --checkpoint ofa_base.pt --vocabulary ade150+coco171 -c "cable, pallet" --out any_model
     """
     from ..adapt import AdaptationInterrupted, AdaptConfig
     from ..adapt import adapt as run_adapt
     from ..checkpoints.errors import CheckpointError
 
-    names = read_categories(categories, categories_file)
+    names = read_categories(categories, categories_file, required=vocabulary is None)
+    vocab = None
+    if vocabulary is not None:
+        from ..evaluation.vocabularies import load_vocabulary
+
+        try:
+            vocab = load_vocabulary(vocabulary)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--vocabulary") from None
+        names = names or vocab[:max(1, vocab_max)]
     cfg = AdaptConfig(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, clip_norm=clip_norm,
                       dropout=dropout, drop_path=drop_path, grid_max=grid_max, wordmap_size=wordmap_size,
                       target_size=target_size, seed=seed,
                       precision=precision, kernel=kernel, loss=loss_impl, checkpoint_every=checkpoint_every,
-                      log_every=log_every)
+                      log_every=log_every, vocabulary=vocab, vocab_min=vocab_min, vocab_max=vocab_max)
     try:
         result = run_adapt(checkpoint, names, out, cfg, bpe_dir=bpe_dir, arch=arch, device=device, resume=resume,
                            overwrite=overwrite, progress=not quiet)
