@@ -122,3 +122,21 @@ def test_cli_categories(tiny_model_dir_32, tmp_path):
                                        "-o", str(tmp_path / "bad"), "--categories", given])
         assert bad.exit_code == 2 and message in bad.output and "Traceback" not in bad.output, bad.output
         assert not (tmp_path / "bad").exists()
+
+
+def test_an_exported_file_takes_a_subset_and_refuses_new_names(dynamic_export):
+    """ONNX Runtime: the Segmenter keeps the chosen classes of the file's probabilities, renormalised."""
+    from helpers.export import CATEGORIES
+
+    full = Segmenter.from_pretrained(dynamic_export, backend="onnxruntime")
+    names = [CATEGORIES[-1], CATEGORIES[0]]
+    sub = Segmenter.from_pretrained(dynamic_export, backend="onnxruntime", categories=names)
+    image = _image(3)
+    a, b = full(image, return_probs=True), sub(image, return_probs=True)
+    idx = [CATEGORIES.index(n) for n in names]
+    want = a.probs[idx] / a.probs[idx].sum(0, keepdims=True)
+    assert b.class_names == names
+    np.testing.assert_allclose(b.probs, want, rtol=1e-5, atol=1e-6)
+    assert np.array_equal(b.labels, upsample_argmax(torch.from_numpy(want), image.shape[:2]))
+    with pytest.raises(CategoryError, match="adapt with `--vocabulary`"):
+        sub.set_categories([*names, "giraffe"])
