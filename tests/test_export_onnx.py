@@ -107,8 +107,8 @@ def test_shape_agnostic_tracing_mode_keeps_eager_numerics_bit_exact():
     from ifseg_deploy.runtime.graph import InferenceGraph
 
     model = load_adapted().model.eval()
-    graph = InferenceGraph(model, 3, 25).eval()
-    agnostic_graph = InferenceGraph(copy.deepcopy(model), 3, 25, shape_agnostic=True).eval()
+    graph = InferenceGraph(copy.deepcopy(model).prepare_for_export(shape_agnostic=False), 3, 25).eval()
+    agnostic_graph = InferenceGraph(copy.deepcopy(model).prepare_for_export(shape_agnostic=True), 3, 25).eval()
     assert agnostic_graph.model.encoder.shape_agnostic and not model.encoder.shape_agnostic
     for hw in [(64, 96), (512, 512), (528, 528), (96, 700)]:
         x = torch.from_numpy(_pixels((1, 3, *hw), seed=hw[0]))

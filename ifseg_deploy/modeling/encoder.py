@@ -8,8 +8,9 @@ import torch
 from torch import Tensor, nn
 
 from ..presets import OFAConfig
-from .layers import EncoderLayer
-from .position import relative_bias_on_grid, resize_grid, token_bucket_index
+from .bias_cache import BiasCache, caching_allowed
+from .layers import EncoderLayer, LayerNorm
+from .position import block_diagonal, relative_bias_on_grid, resize_grid, token_bucket_index
 from .resnet import ResNetStages
 
 PAD_ID = 1
@@ -20,6 +21,11 @@ class EncoderOutput(NamedTuple):
     pos: Tensor  # (1, N + Lt, d) LayerNorm'd position embeddings, reused by the decoder's cross bias
     padding_mask: Tensor | None  # (B, N + Lt), True at padded text positions; None when nothing is padded
     grid: tuple[int, int]
+
+
+class PositionBiases(NamedTuple):
+    pos: Tensor  # (1, N + Lt, d) LayerNorm'd position embeddings (the decoder's cross bias reads them)
+    layers: list[Tensor]  # per layer (1, H, N + Lt, N + Lt): absolute + relative bias
 
 
 def absolute_bias(pos_q: nn.Linear, pos_k: nn.Linear, q_pos: Tensor, k_pos: Tensor, heads: int,
@@ -44,12 +50,12 @@ class OFAEncoder(nn.Module):
         self.embed_images = ResNetStages(cfg.resnet_layers, cfg.resnet_width)
         self.image_proj = nn.Linear(cfg.resnet_channels, d)
         self.type_embedding = nn.Embedding(2, d)
-        self.layernorm_embedding = nn.LayerNorm(d, eps=eps)
-        self.patch_layernorm_embedding = nn.LayerNorm(d, eps=eps)
+        self.layernorm_embedding = LayerNorm(d, eps=eps)
+        self.patch_layernorm_embedding = LayerNorm(d, eps=eps)
         self.embed_positions = nn.Embedding(cfg.max_source_positions + 2, d)
         self.embed_image_positions = nn.Embedding(cfg.image_bucket_size**2 + 1, d)
-        self.pos_ln = nn.LayerNorm(d, eps=eps)
-        self.image_pos_ln = nn.LayerNorm(d, eps=eps)
+        self.pos_ln = LayerNorm(d, eps=eps)
+        self.image_pos_ln = LayerNorm(d, eps=eps)
         self.pos_q_linear = nn.Linear(d, d)
         self.pos_k_linear = nn.Linear(d, d)
         self.pos_scaling = float(cfg.head_dim * cfg.attn_scale_factor) ** -0.5
@@ -59,7 +65,7 @@ class OFAEncoder(nn.Module):
                          attention_dropout=cfg.attention_dropout, drop_path=r, eps=eps)
             for r in rates
         )
-        self.layer_norm = nn.LayerNorm(d, eps=eps)
+        self.layer_norm = LayerNorm(d, eps=eps)
         self.token_rel_pos_table_list = nn.ModuleList(
             nn.Embedding(2 * cfg.token_bucket_size - 1, heads) for _ in range(cfg.encoder_layers)
         )
@@ -67,6 +73,7 @@ class OFAEncoder(nn.Module):
             nn.Embedding((2 * cfg.image_bucket_size - 1) ** 2 + 3, heads) for _ in range(cfg.encoder_layers)
         )
         self.dropout = nn.Dropout(cfg.dropout)
+        self.bias_cache = BiasCache()
 
     # -- embeddings -------------------------------------------------------------------------------------------
     def embed_patches(self, projected: Tensor) -> Tensor:
@@ -126,6 +133,30 @@ class OFAEncoder(nn.Module):
         index = token_bucket_index(length, self.cfg.token_bucket_size, self.cfg.max_source_positions, device)
         return self.token_rel_pos_table_list[idx].weight[index].permute(2, 0, 1)
 
+    def position_biases(self, grid: tuple[int, int], lt: int, dtype: torch.dtype,
+                        device: torch.device) -> PositionBiases:
+        """The positions and per-layer attention biases for a grid and a text length; built once per shape at
+        inference (see :mod:`.bias_cache`), every call otherwise (training: the tables receive gradients)."""
+        if not caching_allowed(self):
+            return self._position_biases(grid, lt, dtype, device)
+        key = (tuple(grid), lt, dtype, str(device))
+        return self.bias_cache.get(key, self.parameters(), lambda: self._position_biases(grid, lt, dtype, device))
+
+    def _position_biases(self, grid: tuple[int, int], lt: int, dtype: torch.dtype,
+                         device: torch.device) -> PositionBiases:
+        text_pos = self.pos_ln(self.embed_positions.weight[:lt])
+        pos = torch.cat([self.image_pos_ln(self.image_positions(grid)), text_pos], dim=0).unsqueeze(0)
+        abs_bias = absolute_bias(self.pos_q_linear, self.pos_k_linear, pos, pos, self.cfg.heads, self.pos_scaling)
+        # Relative biases touch only the image x image and text x text blocks; assembled by concatenation (an
+        # in-place slice assignment exports as Transpose/ScatterND copies of the whole (H, L, L) bias per layer).
+        layers = [(abs_bias + block_diagonal(self.image_rel_bias(i, grid), self.text_rel_bias(i, lt, device))
+                   ).to(dtype) for i in range(len(self.layers))]
+        return PositionBiases(pos, layers)
+
+    def _load_from_state_dict(self, *args, **kwargs):  # noqa: ANN002, ANN003 - torch signature
+        self.bias_cache.clear()
+        super()._load_from_state_dict(*args, **kwargs)
+
     # -- forward ----------------------------------------------------------------------------------------------
     def forward(self, patches: Tensor, grid: tuple[int, int], src_tokens: Tensor,
                 check_padding: bool = True) -> EncoderOutput:
@@ -144,14 +175,8 @@ class OFAEncoder(nn.Module):
             padding_mask = torch.cat([text_pad.new_zeros(src_tokens.shape[0], n), text_pad], dim=1)
             x = x * (~padding_mask).unsqueeze(-1).to(x.dtype)
 
-        text_pos = self.pos_ln(self.embed_positions.weight[:lt])
-        pos = torch.cat([self.image_pos_ln(self.image_positions(grid)), text_pos], dim=0).unsqueeze(0)
-        abs_bias = absolute_bias(self.pos_q_linear, self.pos_k_linear, pos, pos, self.cfg.heads, self.pos_scaling)
-
-        for idx, layer in enumerate(self.layers):
-            bias = abs_bias.clone()
-            bias[:, :, n:, n:] += self.text_rel_bias(idx, lt, x.device)
-            bias[:, :, :n, :n] += self.image_rel_bias(idx, grid)
-            x = layer(x, bias.to(x.dtype), padding_mask)
-        return EncoderOutput(self.layer_norm(x), pos, padding_mask, grid)
+        biases = self.position_biases(grid, lt, x.dtype, x.device)
+        for layer, bias in zip(self.layers, biases.layers):
+            x = layer(x, bias, padding_mask)
+        return EncoderOutput(self.layer_norm(x), biases.pos, padding_mask, grid)
 

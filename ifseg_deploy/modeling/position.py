@@ -150,3 +150,11 @@ def resize_grid(x: Tensor, size: tuple[int, int], always_resize: bool = False) -
     lead = x.shape[:-2]
     out = F.interpolate(x.reshape(-1, 1, *x.shape[-2:]), size=size, mode="bilinear", align_corners=False)
     return out.reshape(*lead, *size)
+
+
+def block_diagonal(a: Tensor, b: Tensor) -> Tensor:
+    """(H, n, n) and (H, m, m) -> (H, n + m, n + m) with zeros off the two diagonal blocks."""
+    heads, n, m = a.shape[0], a.shape[-1], b.shape[-1]
+    top = torch.cat([a, a.new_zeros(heads, n, m)], dim=2)
+    bottom = torch.cat([b.new_zeros(heads, m, n), b], dim=2)
+    return torch.cat([top, bottom], dim=1)
