@@ -15,12 +15,20 @@ from ..presets import OFAConfig
 from .bias_cache import BiasCache, caching_allowed
 from .encoder import EncoderOutput, absolute_bias
 from .layers import DecoderLayer, LayerNorm
-from .position import relative_bias_on_grid, resize_grid
+from .position import (
+    anchored,
+    bias_anchor,
+    gather_columns,
+    relative_bias_on_grid,
+    resize_grid,
+    seg_relative_index,
+)
 
 
 class SurrogateDecoder(nn.Module):
-    #: See :attr:`OFAEncoder.shape_agnostic`.
+    #: See :attr:`OFAEncoder.shape_agnostic` and :attr:`OFAEncoder.runtime_biases`.
     shape_agnostic: bool = False
+    runtime_biases: bool = False
 
     def __init__(self, cfg: OFAConfig, num_classes: int) -> None:
         super().__init__()
@@ -49,18 +57,21 @@ class SurrogateDecoder(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.bias_cache = BiasCache()
 
-    def seg_positions(self, grid: tuple[int, int]) -> Tensor:
+    def seg_positions(self, grid: tuple[int, int], anchor: Tensor | None = None) -> Tensor:
         """(1 + h*w, d) decoder positions: BOS row 0, then the seg grid resized to ``grid``."""
         s = self.cfg.seg_bucket_size
-        table = self.embed_seg_positions.weight
+        table = anchored(self.embed_seg_positions.weight, anchor)
         block = table[1:].reshape(s, s, -1).permute(2, 0, 1)
         cells = resize_grid(block, grid, always_resize=self.shape_agnostic).flatten(1).transpose(0, 1)
         return torch.cat([table[:1], cells], dim=0)
 
-    def seg_rel_bias(self, idx: int, grid: tuple[int, int]) -> Tensor:
+    def seg_rel_bias(self, idx: int, grid: tuple[int, int], anchor: Tensor | None = None) -> Tensor:
         """(H, T, T) relative bias; the grid block is resized, the BOS row and column are kept."""
         s = self.cfg.seg_bucket_size
-        table = self.seg_rel_pos_table_list[idx].weight
+        table = anchored(self.seg_rel_pos_table_list[idx].weight, anchor)
+        if anchor is not None and tuple(grid) == (s, s) and not self.shape_agnostic:
+            # Per-call bias on the seg grid: one gather with the official index instead of flips and unfolds.
+            return gather_columns(table.t(), seg_relative_index(s, table.device))
         n = (2 * s - 1) ** 2
         cells = relative_bias_on_grid(table, s, grid, s, always_resize=self.shape_agnostic)  # (H, N, N)
         heads, m = cells.shape[0], cells.shape[1]
@@ -74,23 +85,24 @@ class SurrogateDecoder(nn.Module):
         """(per-layer self-attention biases with the causal mask, the cross-attention bias); built once per shape
         at inference (see :mod:`.bias_cache`). The cross bias reads the encoder's positions: an entry is reused only
         with the very position tensor it was built from (the encoder's own cache hands out the same one)."""
-        if not caching_allowed(self):
-            return self._position_biases(enc.grid, enc.pos, dtype)
+        if self.runtime_biases or not caching_allowed(self):
+            anchor = bias_anchor(enc.out) if self.runtime_biases else None
+            return self._position_biases(enc.grid, enc.pos, dtype, anchor)
         key = (tuple(enc.grid), enc.pos.shape[1], dtype, str(enc.pos.device))
         return self.bias_cache.get(key, self.parameters(), lambda: self._position_biases(enc.grid, enc.pos, dtype),
                                    anchor=enc.pos)
 
-    def _position_biases(self, grid: tuple[int, int], enc_pos: Tensor, dtype: torch.dtype
-                         ) -> tuple[list[Tensor], Tensor]:
+    def _position_biases(self, grid: tuple[int, int], enc_pos: Tensor, dtype: torch.dtype,
+                         anchor: Tensor | None = None) -> tuple[list[Tensor], Tensor]:
         n = grid[0] * grid[1]
-        tgt_pos = self.seg_pos_ln(self.seg_positions(grid)).unsqueeze(0)
+        tgt_pos = self.seg_pos_ln(self.seg_positions(grid, anchor)).unsqueeze(0)
         heads = self.cfg.heads
         self_abs = absolute_bias(self.self_pos_q_linear, self.self_pos_k_linear, tgt_pos, tgt_pos, heads,
                                  self.pos_scaling)
         cross = absolute_bias(self.cross_pos_q_linear, self.cross_pos_k_linear, tgt_pos, enc_pos, heads,
                               self.pos_scaling).to(dtype)
         causal = torch.full((n + 1, n + 1), float("-inf"), device=enc_pos.device).triu(1)
-        layers = [(self_abs + self.seg_rel_bias(i, grid) + causal).to(dtype) for i in range(len(self.layers))]
+        layers = [(self_abs + self.seg_rel_bias(i, grid, anchor) + causal).to(dtype) for i in range(len(self.layers))]
         return layers, cross
 
     def _load_from_state_dict(self, *args, **kwargs):  # noqa: ANN002, ANN003 - torch signature

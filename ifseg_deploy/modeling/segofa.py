@@ -68,13 +68,15 @@ class SegOFA(nn.Module):
         self.encoder.shape_agnostic = self.decoder.shape_agnostic = enabled
         return self
 
-    def prepare_for_export(self, shape_agnostic: bool = False) -> SegOFA:
+    def prepare_for_export(self, shape_agnostic: bool = False, runtime_biases: bool = True) -> SegOFA:
         """Configure this model (a copy that only the exporter uses) for ONNX: attention as the explicit formula
         (ONNX has no fused attention op; the explicit graph keeps the fp32 softmax visible to the precision rules of
-        the FP16/INT8 stages), and the shape-agnostic mode for a dynamic-shape export."""
+        the FP16/INT8 stages), position biases computed per call from their tables (``runtime_biases``; see
+        :func:`.position.anchored`), and the shape-agnostic mode for a dynamic-shape export."""
         for module in self.modules():
             if isinstance(module, MultiheadAttention):
                 module.use_sdpa = False
+        self.encoder.runtime_biases = self.decoder.runtime_biases = runtime_biases
         return self.set_shape_agnostic(shape_agnostic)
 
     @property
