@@ -147,7 +147,7 @@ def _export(model_dir: Path, out: Path, s: DemoSettings, echo: Echo) -> tuple[Pa
     from PIL import Image
 
     from .export.pipeline import export_model
-    from .export.spec import InputSpec
+    from .runtime.input_spec import InputSpec
     from .synthetic.world import SyntheticScenes
 
     calib = out / "calibration_images"  # unlabeled: only the pictures are written
