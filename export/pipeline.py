@@ -22,7 +22,8 @@ from typing import Any
 from ifseg_deploy.artifacts import guess_kind
 from ifseg_deploy.errors import UsageError
 from ifseg_deploy.runtime.input_spec import DEFAULT_OPT, InputSpec, format_size
-from ifseg_deploy.runtime.model_info import PRECISIONS, ModelInfo, read_info
+from ifseg_deploy.runtime.model_info import ModelInfo, read_info
+from ifseg_deploy.runtime.registry import PRECISIONS
 
 from .onnx_export import DEFAULT_OPSET
 from .parity import FP32_AGREEMENT, REDUCED_AGREEMENT, ParityReport

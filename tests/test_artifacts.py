@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from test_export_common import adapted_dir, fixed_export
 
 from ifseg_deploy.artifacts import ArtifactError, check_artifact
 from ifseg_deploy.checkpoints.errors import CheckpointError
@@ -56,9 +55,9 @@ def no_tensorrt(monkeypatch):
 
 
 # -- damaged ONNX files ------------------------------------------------------------------------------------------
-def _damaged_onnx(folder: Path, damage: str) -> tuple[Path, int]:
+def _damaged_onnx(folder: Path, damage: str, good_file: Path) -> tuple[Path, int]:
     path = folder / f"{damage}.onnx"
-    good = fixed_export()[0].read_bytes()
+    good = good_file.read_bytes()
     data = {"truncated": good[: len(good) // 2], "text": b"this is a README, not a model\n", "empty": b"",
             "header-only": good[:2]}[damage]  # header-only: the ir_version field, a "valid" empty message
     path.write_bytes(data)
@@ -66,11 +65,11 @@ def _damaged_onnx(folder: Path, damage: str) -> tuple[Path, int]:
 
 
 @pytest.mark.parametrize("damage", ["truncated", "text", "empty", "header-only"])
-def test_damaged_onnx_is_named_with_its_size(tmp_path, damage):
+def test_damaged_onnx_is_named_with_its_size(tmp_path, damage, fixed_export):
     from ifseg_deploy.runtime.backends.onnxruntime import OrtBackend
     from ifseg_deploy.runtime.model_info import read_info
 
-    path, size = _damaged_onnx(tmp_path, damage)
+    path, size = _damaged_onnx(tmp_path, damage, fixed_export[0])
     for opener in (OrtBackend.from_file, read_info):  # the backend; export, bench and int8 read the info
         with pytest.raises(ArtifactError) as err:
             opener(path)
@@ -99,8 +98,8 @@ def image(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("command", ["segment", "eval", "export", "export-int8", "export-int8-nocalib",
                                      "export-tensorrt", "bench"])
-def test_every_command_refuses_a_truncated_onnx_by_name(tmp_path, image, command):
-    path, size = _damaged_onnx(tmp_path, "truncated")
+def test_every_command_refuses_a_truncated_onnx_by_name(tmp_path, image, command, export_model_dir, fixed_export):
+    path, size = _damaged_onnx(tmp_path, "truncated", fixed_export[0])
     args = {
         "segment": ["segment", str(image), "--model", str(path), "--backend", "onnxruntime", "--out",
                     str(tmp_path / "o")],
@@ -113,7 +112,7 @@ def test_every_command_refuses_a_truncated_onnx_by_name(tmp_path, image, command
                         "--out", str(tmp_path / "q.onnx")],
         "export-tensorrt": ["export", "--model", str(path), "--format", "tensorrt", "--out",
                             str(tmp_path / "m.engine")],
-        "bench": ["bench", "--model", str(adapted_dir()), "--model", str(path), "--backends", "onnxruntime",
+        "bench": ["bench", "--model", str(export_model_dir), "--model", str(path), "--backends", "onnxruntime",
                   "--precisions", "fp32", "--out", str(tmp_path / "b")],
     }[command]
     _refused(CliRunner().invoke(cli, args), str(path), f"{size:,} bytes", "not a complete ONNX file")
@@ -173,9 +172,9 @@ def test_engine_from_another_machine_is_refused_before_tensorrt(tmp_path, no_ten
 
 # -- damaged adapted-model directories ---------------------------------------------------------------------------
 @pytest.fixture
-def damaged_model(tmp_path, request) -> tuple[Path, str]:
+def damaged_model(tmp_path, request, export_model_dir) -> tuple[Path, str]:
     model = tmp_path / "my_model"
-    shutil.copytree(adapted_dir(), model)
+    shutil.copytree(export_model_dir, model)
     damage = request.param
     if damage == "config":
         cfg = model / "config.json"
@@ -205,9 +204,9 @@ def test_damaged_model_directory_is_named(damaged_model, image, tmp_path):
 
 
 # -- a file of one kind given where another is needed -------------------------------------------------------------
-def test_wrong_kind_is_named_with_the_backend_that_opens_it(tmp_path, image):
+def test_wrong_kind_is_named_with_the_backend_that_opens_it(tmp_path, image, fixed_export, export_model_dir):
     engine = _engine(tmp_path)
-    onnx_file, model = fixed_export()[0], adapted_dir()
+    onnx_file, model = fixed_export[0], export_model_dir
     cases = [
         (onnx_file, "torch", "is an ONNX file, not an adapted-model directory; open it with backend 'onnxruntime'"),
         (model, "onnxruntime", "is an adapted-model directory, not an ONNX file; open it with backend 'torch'"),

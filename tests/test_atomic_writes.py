@@ -1,7 +1,7 @@
 """Writes cut part-way leave every artifact whole: label PNGs, the exported .onnx, an engine with its sidecar, an
 adapted-model directory.
 
-Each write runs in a child process (``interrupted_write.py``) whose files may not grow past a few kilobytes, so
+Each write runs in a child process (``helpers/interrupted_write.py``) whose files may not grow past a few kilobytes, so
 it is cut in the middle of its bytes whatever code writes them: either the write fails (a full disk) and the
 error handling runs, or the kernel kills the process right there and nothing runs after it. One more test sends
 SIGKILL from outside in the middle of a 64 MiB write. Afterwards the file under the target's name must be the
@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.ofa import TINY_CATEGORIES
 from PIL import Image
 
-HARNESS = Path(__file__).with_name("interrupted_write.py")
+HARNESS = Path(__file__).parent / "helpers" / "interrupted_write.py"
 LIMIT = 4096  # bytes any file of the child may hold; every artifact below is larger
 EFBIG_TEXT = os.strerror(27)  # "File too large" (errno.EFBIG)
 
@@ -58,16 +59,9 @@ def visible(folder: Path) -> list[str]:
 
 
 # -- label PNGs (`segment`) ----------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def seg_model(tmp_path_factory):
-    from ofa_fixture import tiny_model_dir
-
-    return tiny_model_dir(tmp_path_factory.mktemp("atomic-seg"), ["floor", "wall", "sky"], seed=2, short_side=32)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["fail", "kill"])
-def test_segment_label_png_cut_midway_keeps_the_previous_one(seg_model, tmp_path, mode):
+def test_segment_label_png_cut_midway_keeps_the_previous_one(tiny_model_dir_32, tmp_path, mode):
     image = tmp_path / "photo.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(image)
     out = tmp_path / "out"
@@ -75,8 +69,8 @@ def test_segment_label_png_cut_midway_keeps_the_previous_one(seg_model, tmp_path
     labels.mkdir(parents=True)
     old = b"\x89PNG previous run's label map " * 200  # 6 KB; only its bytes matter
     (labels / "photo.png").write_bytes(old)
-    # 64 bytes: classes.txt (16 bytes) is written whole, the label PNG (a few hundred bytes) is cut
-    proc = run_child("segment-labels", mode, limit=64, image=str(image), model=str(seg_model), out=str(out))
+    # 64 bytes: classes.txt (22 bytes) is written whole, the label PNG (a few hundred bytes) is cut
+    proc = run_child("segment-labels", mode, limit=64, image=str(image), model=str(tiny_model_dir_32), out=str(out))
     check_outcome(proc, mode, labels, limit=64)
     assert (labels / "photo.png").read_bytes() == old
     assert visible(labels) == ["photo.png"]
@@ -118,21 +112,21 @@ def test_engine_and_sidecar_cut_midway_keep_the_previous_pair(tmp_path, mode):
 # -- an adapted-model directory ------------------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["fail", "kill"])
-def test_model_directory_cut_midway_keeps_the_previous_one(seg_model, tmp_path, mode):
+def test_model_directory_cut_midway_keeps_the_previous_one(tiny_model_dir_32, tmp_path, mode):
     import shutil
 
     from ifseg_deploy.model_dir import AdaptedModel
 
     target = tmp_path / "my_model"
-    shutil.copytree(seg_model, target)
+    shutil.copytree(tiny_model_dir_32, target)
     before = {p.name: p.read_bytes() for p in target.iterdir()}
-    source = AdaptedModel.from_pretrained(seg_model)
-    source.categories = ["road", "tree", "car"]
+    source = AdaptedModel.from_pretrained(tiny_model_dir_32)
+    source.categories = ["road", "tree", "car", "grass"]
     new_dir = source.save_pretrained(tmp_path / "incoming" / "m")
     proc = run_child("model-dir", mode, source=str(new_dir), target=str(target))
     check_outcome(proc, mode, tmp_path)
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before
-    assert AdaptedModel.from_pretrained(target).categories == ["floor", "wall", "sky"]
+    assert AdaptedModel.from_pretrained(target).categories == TINY_CATEGORIES
     assert visible(tmp_path) == ["incoming", "my_model"]
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from bpe_fixture import write_tiny_bpe
-from ofa_fixture import ofa_state_dict, tiny_config, write_fairseq_checkpoint, write_hf_checkpoint
+from helpers.bpe import write_tiny_bpe
+from helpers.ofa import ofa_state_dict, tiny_config, write_fairseq_checkpoint, write_hf_checkpoint
 
 from ifseg_deploy.checkpoints.errors import CheckpointError
 from ifseg_deploy.checkpoints.loader import load_ofa

@@ -12,13 +12,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from test_export_common import adapted_dir, fixed_export
 
 from ifseg_deploy.cli import cli
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory) -> dict[str, Path]:
+def files(tmp_path_factory, fixed_export, export_model_dir) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("cli-errors")
     image = root / "photo.png"
     Image.fromarray(np.zeros((24, 32, 3), np.uint8)).save(image)
@@ -27,8 +26,8 @@ def files(tmp_path_factory) -> dict[str, Path]:
     empty = root / "empty"
     empty.mkdir()
     truncated = root / "cut.onnx"
-    truncated.write_bytes(fixed_export()[0].read_bytes()[:5000])
-    return {"image": image, "file": a_file, "empty": empty, "model": adapted_dir(), "onnx": fixed_export()[0],
+    truncated.write_bytes(fixed_export[0].read_bytes()[:5000])
+    return {"image": image, "file": a_file, "empty": empty, "model": export_model_dir, "onnx": fixed_export[0],
             "truncated": truncated, "root": root}
 
 

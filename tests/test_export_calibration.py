@@ -8,21 +8,22 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from test_export_common import FIXED, TINY_INT8_AGREEMENT, calibration_dir, fixed_export
+from helpers.export import FIXED, TINY_INT8_AGREEMENT
 
 from ifseg_deploy.cli import cli
 from ifseg_deploy.export.inputs import CalibrationError, calibration_batch, list_images
+from ifseg_deploy.preprocessing import PreprocessConfig
 from ifseg_deploy.runtime.input_spec import InputSpec
 
-PREPROCESSING = {"short_side": 64, "max_long_side": 256, "mean": [0.5] * 3, "std": [0.5] * 3}
+PREPROCESSING = PreprocessConfig(short_side=64, max_long_side=256)
 
 
-def _folder(root: Path, good: int) -> tuple[Path, list[Path]]:
+def _folder(root: Path, good: int, photos: Path) -> tuple[Path, list[Path]]:
     """``good`` readable PNGs plus a zero-byte, a truncated and a text-as-jpg file."""
     root.mkdir()
-    for f in sorted(calibration_dir().iterdir())[:good]:
+    for f in sorted(photos.iterdir())[:good]:
         shutil.copy(f, root / f.name)
-    png = next(calibration_dir().iterdir()).read_bytes()
+    png = next(photos.iterdir()).read_bytes()
     bad = [root / "empty.jpg", root / "truncated.png", root / "notes.jpg"]
     bad[0].write_bytes(b"")
     bad[1].write_bytes(png[: len(png) // 3])
@@ -30,8 +31,8 @@ def _folder(root: Path, good: int) -> tuple[Path, list[Path]]:
     return root, bad
 
 
-def test_unreadable_files_are_skipped_with_a_warning_naming_each(tmp_path):
-    folder, bad = _folder(tmp_path / "calib", good=4)
+def test_unreadable_files_are_skipped_with_a_warning_naming_each(tmp_path, calibration_dir):
+    folder, bad = _folder(tmp_path / "calib", 4, calibration_dir)
     warnings: list[str] = []
     batch = calibration_batch(list_images(folder), PREPROCESSING, InputSpec.fixed(FIXED), min_images=4,
                               warn=warnings.append)
@@ -41,24 +42,24 @@ def test_unreadable_files_are_skipped_with_a_warning_naming_each(tmp_path):
         assert sum(str(path) in w for w in warnings) == 1, warnings
 
 
-def test_too_few_readable_images_is_a_named_error(tmp_path):
-    folder, bad = _folder(tmp_path / "calib", good=2)
+def test_too_few_readable_images_is_a_named_error(tmp_path, calibration_dir):
+    folder, bad = _folder(tmp_path / "calib", 2, calibration_dir)
     with pytest.raises(CalibrationError, match="only 2 of the 5") as info:
         calibration_batch(list_images(folder), PREPROCESSING, InputSpec.fixed(FIXED), min_images=4)
     assert all(str(p) in str(info.value) for p in bad)
 
 
-def _export(calib: Path, out: Path, *extra: str):
+def _export(model: Path, calib: Path, out: Path, *extra: str):
     pytest.importorskip("modelopt.onnx.quantization")
-    return CliRunner().invoke(cli, ["export", "--model", str(fixed_export()[0]), "--precision", "int8",
+    return CliRunner().invoke(cli, ["export", "--model", str(model), "--precision", "int8",
                                     "--calib-images", str(calib), "--calib-method", "max", "--out", str(out),
                                     "--reduced-agreement-threshold", str(TINY_INT8_AGREEMENT), *extra])
 
 
-def test_cli_skips_unreadable_files_and_calibrates_on_the_rest(tmp_path):
-    folder, bad = _folder(tmp_path / "calib", good=4)
+def test_cli_skips_unreadable_files_and_calibrates_on_the_rest(tmp_path, fixed_export, calibration_dir):
+    folder, bad = _folder(tmp_path / "calib", 4, calibration_dir)
     out = tmp_path / "out" / "m.int8.onnx"
-    res = _export(folder, out)
+    res = _export(fixed_export[0], folder, out)
     assert res.exit_code == 0, res.output
     for path in bad:
         assert f"warning: skipping unreadable calibration image {path}" in res.output
@@ -72,10 +73,11 @@ def test_cli_skips_unreadable_files_and_calibrates_on_the_rest(tmp_path):
     (0, [], "holds 3 image file(s), fewer than the 4 calibration images required"),  # before any work
     (6, ["--calib-min", "7"], "only 6 of the 9 calibration image(s) could be read, fewer than the 7 required"),
 ])
-def test_cli_too_few_readable_images_fails_and_writes_nothing(tmp_path, good, extra, message):
-    folder, _ = _folder(tmp_path / "calib", good=good)
+def test_cli_too_few_readable_images_fails_and_writes_nothing(tmp_path, fixed_export, calibration_dir, good, extra,
+                                                              message):
+    folder, _ = _folder(tmp_path / "calib", good, calibration_dir)
     out = tmp_path / "out" / "m.int8.onnx"
-    res = _export(folder, out, *extra)
+    res = _export(fixed_export[0], folder, out, *extra)
     assert res.exit_code == 1, res.output
     assert message in res.output and "nothing was written" in res.output
     assert "Traceback" not in res.output

@@ -7,11 +7,12 @@ Runtime fp32 and ONNX Runtime INT8, tied together by stated tolerances and to co
 * ORT fp32 vs the golden values within 1e-4, and vs PyTorch within 1e-4 with identical labels.
 * ORT INT8 vs ORT fp32: labels agree on at least ``TINY_INT8_AGREEMENT`` (75%) of the cells, probabilities
   within 0.25 (max) / 0.03 (mean) absolute. Measured on these inputs (nvidia-modelopt 0.47, onnxruntime 1.24):
-  79.2%, 0.183, 0.018; the random tiny model's probabilities are nearly flat (see test_export_common).
+  79.2%, 0.183, 0.018; the random tiny model's probabilities are nearly flat (see tests/helpers/export.py).
 
-The golden file is made by ``python tests/make_export_golden.py`` (PyTorch eager on the CPU, fp32), from the
-fixture model of ``test_export_common`` (seeded random weights) and :func:`golden_inputs_array`. Regenerate it
-only when a change of the model's numerics is intended, and say so in the commit.
+The golden file is made by ``python tests/helpers/make_export_golden.py`` (PyTorch eager on the CPU, fp32), from
+the export tests' fixture model (``tests/helpers/export.py``, seeded random weights) and
+:func:`golden_inputs_array`. Regenerate it only when a change of the model's numerics is intended, and say so in
+the commit.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("modelopt.onnx.quantization")
 
-from test_export_common import FIXED, TINY_INT8_AGREEMENT, fixed_export, int8_export, ort_run, torch_probs  # noqa: E402
+from helpers.export import FIXED, TINY_INT8_AGREEMENT, ort_run  # noqa: E402
 
 INT8_MAX_ABS = 0.25
 INT8_MEAN_ABS = 0.03
@@ -35,10 +36,10 @@ GOLDEN_ATOL = 1e-5
 def golden_inputs_array() -> np.ndarray:
     """Fixed inputs: four seeded normalised images at the export size, half noise, half smooth scenes."""
     from ifseg_deploy.export.inputs import preprocess, synthetic_photos
+    from ifseg_deploy.preprocessing import PreprocessConfig
 
     noise = np.random.default_rng(2024).standard_normal((2, 3, *FIXED)).astype(np.float32).clip(-1, 1)
-    pre = {"mean": [0.5] * 3, "std": [0.5] * 3}
-    scenes = np.stack([preprocess(p, pre, FIXED) for p in synthetic_photos(2, seed=2024)])
+    scenes = np.stack([preprocess(p, PreprocessConfig(), FIXED) for p in synthetic_photos(2, seed=2024)])
     return np.concatenate([noise, scenes])
 
 
@@ -48,10 +49,10 @@ def input_fingerprint(x: np.ndarray) -> np.ndarray:
     return np.array([x.sum(), (x * x).sum()])
 
 
-def reference_probs(x: np.ndarray) -> dict[str, np.ndarray]:
+def reference_probs(torch_reference, x: np.ndarray) -> dict[str, np.ndarray]:
     """PyTorch eager probabilities of the fixture model, refined (k=3, 25 rounds) and raw."""
-    return {"refined": np.concatenate([torch_probs(v[None]) for v in x]),
-            "raw": np.concatenate([torch_probs(v[None], refine=False) for v in x])}
+    return {"refined": np.concatenate([torch_reference(v[None]) for v in x]),
+            "raw": np.concatenate([torch_reference(v[None], refine=False) for v in x])}
 
 
 @pytest.fixture(scope="module")
@@ -62,19 +63,19 @@ def golden_inputs() -> np.ndarray:
 @pytest.fixture(scope="module")
 def golden() -> dict[str, np.ndarray]:
     if not GOLDEN_FILE.is_file():
-        pytest.fail(f"{GOLDEN_FILE} is missing; make it with `python tests/make_export_golden.py`")
+        pytest.fail(f"{GOLDEN_FILE} is missing; make it with `python tests/helpers/make_export_golden.py`")
     with np.load(GOLDEN_FILE) as f:
         return {k: f[k] for k in f.files}
 
 
 @pytest.fixture(scope="module")
-def torch_outputs(golden_inputs) -> dict[str, np.ndarray]:
-    return reference_probs(golden_inputs)
+def torch_outputs(golden_inputs, torch_reference) -> dict[str, np.ndarray]:
+    return reference_probs(torch_reference, golden_inputs)
 
 
 @pytest.fixture(scope="module")
-def outputs(golden_inputs, torch_outputs):
-    fp32_path, int8_path = fixed_export()[0], int8_export()[0]
+def outputs(golden_inputs, torch_outputs, fixed_export, int8_export):
+    fp32_path, int8_path = fixed_export[0], int8_export[0]
     return {
         **{f"torch_{k}": v for k, v in torch_outputs.items()},
         "fp32": np.concatenate([ort_run(fp32_path, x[None], ["probs"])[0] for x in golden_inputs]),
@@ -115,6 +116,6 @@ def test_int8_stays_within_its_stated_tolerance_of_fp32(outputs):
     assert (outputs["int8"].argmax(1) == outputs["torch_refined"].argmax(1)).mean() >= TINY_INT8_AGREEMENT
 
 
-def test_int8_is_deterministic(golden_inputs, outputs):
-    again = ort_run(int8_export()[0], golden_inputs[:1], ["probs"])[0]
+def test_int8_is_deterministic(golden_inputs, outputs, int8_export):
+    again = ort_run(int8_export[0], golden_inputs[:1], ["probs"])[0]
     np.testing.assert_array_equal(again, outputs["int8"][:1])

@@ -36,10 +36,8 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(REASON is not None, reason=REA
 
 
 @pytest.fixture(scope="module")
-def exports():
-    from test_export_common import dynamic_export, fixed_export
-
-    return {"fixed": fixed_export()[0], "dynamic": dynamic_export()}
+def exports(fixed_export, dynamic_export):
+    return {"fixed": fixed_export[0], "dynamic": dynamic_export}
 
 
 @pytest.mark.parametrize("which,precision,min_agreement", [("fixed", "fp32", 0.999), ("fixed", "fp16", 0.95),

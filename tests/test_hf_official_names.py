@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from bpe_fixture import write_tiny_bpe
+from helpers.bpe import write_tiny_bpe
 
 from ifseg_deploy.checkpoints.loader import load_ofa
 from ifseg_deploy.checkpoints.ofa_keys import NEW_SEG_KEYS
@@ -53,7 +53,7 @@ def fairseq_name(port_key: str) -> str:
 
 
 def _random(name: str, shape: list[int], dtype: str, g: torch.Generator) -> torch.Tensor:
-    """Non-trivial values by role (as ofa_fixture.randomize_); the int64 index buffers, which the loader ignores
+    """Non-trivial values by role (as helpers.ofa.randomize_); the int64 index buffers, which the loader ignores
     and recomputes, get arbitrary indices."""
     leaf = name.rsplit(".", 1)[-1]
     if dtype == "int64":

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from bpe_fixture import write_tiny_bpe
 from click.testing import CliRunner
-from ofa_fixture import tiny_config, write_fairseq_checkpoint
+from helpers.bpe import write_tiny_bpe
+from helpers.ofa import tiny_config, write_fairseq_checkpoint
 
 from ifseg_deploy.adapt import AdaptConfig, adapt
 from ifseg_deploy.checkpoints.loader import load_ofa

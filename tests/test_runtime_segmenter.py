@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from ofa_fixture import tiny_model_dir
+from helpers.ofa import TINY_CATEGORIES as CATS
 from PIL import Image
 
 from ifseg_deploy.preprocessing import PreprocessConfig, grid_size, normalize, resize_image, resized_size
@@ -19,9 +19,6 @@ from ifseg_deploy.runtime.backends.torch import TorchBackend
 from ifseg_deploy.runtime.graph import InferenceGraph
 from ifseg_deploy.runtime.images import ImageLoadError
 from ifseg_deploy.runtime.segmenter import BackendUnavailableError, SegmentationResult, Segmenter
-
-CATS = ["floor", "wall", "person", "sky"]
-
 
 
 class ColourBackend(Backend):
@@ -194,13 +191,10 @@ def test_export_backends_load_lazily_with_clear_errors(monkeypatch, tmp_path):
 
 
 # -- the PyTorch backend on a tiny random model ------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return tiny_model_dir(tmp_path_factory.mktemp("segmodel"), CATS, seed=3)
 
 
-def test_torch_backend_runs_the_inference_graph(model_dir):
-    seg = Segmenter.from_pretrained(model_dir, short_side=48)
+def test_torch_backend_runs_the_inference_graph(tiny_model_dir):
+    seg = Segmenter.from_pretrained(tiny_model_dir, short_side=48)
     assert isinstance(seg.backend, TorchBackend) and seg.refinement == (3, 25)
     assert seg.class_names == CATS
     img = np.random.default_rng(0).integers(0, 256, (40, 70, 3), dtype=np.uint8)
@@ -231,9 +225,9 @@ def test_torch_backend_runs_the_inference_graph(model_dir):
         np.testing.assert_allclose(r.probs, seg(one_img, return_probs=True).probs, rtol=1e-4, atol=1e-5)
 
 
-def test_torch_backend_device_errors(model_dir):
+def test_torch_backend_device_errors(tiny_model_dir):
     with pytest.raises(ValueError, match="device"):
-        Segmenter.from_pretrained(model_dir, device="tpu")
+        Segmenter.from_pretrained(tiny_model_dir, device="tpu")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA"):
-            Segmenter.from_pretrained(model_dir, device="cuda")
+            Segmenter.from_pretrained(tiny_model_dir, device="cuda")

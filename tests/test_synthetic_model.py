@@ -13,8 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 
+import numpy as np
 import pytest
 import torch
+from helpers.world import FAST_WORLD_STEPS
 
 import ifseg_deploy.version as version_module
 from ifseg_deploy import AdaptedModel
@@ -26,13 +28,13 @@ from ifseg_deploy.synthetic.cache import (
     default_cache_root,
     world_cache_entry,
 )
-from ifseg_deploy.synthetic.evaluation import confusion_matrix, evaluate_alignment, evaluate_model, miou_from_confusion
+from ifseg_deploy.synthetic.evaluation import evaluate_alignment, evaluate_model, miou_from_confusion
 from ifseg_deploy.synthetic.tiny_vlm import CHECKPOINT_NAME, WorldRecipe, build_world_model, world_config
 from ifseg_deploy.synthetic.vocab import WORD_PIECES, world_tokenizer, world_words, write_bpe_files
 from ifseg_deploy.synthetic.world import ALL_CATEGORIES, DEFAULT_CATEGORIES, TEST_SEEDS, SyntheticScenes
 from ifseg_deploy.tokenizer import DEFAULT_PROMPT, OFATokenizer
 
-FAST = WorldRecipe(steps=60, pool_scenes=64, pool_size=160)
+FAST = WorldRecipe(**FAST_WORLD_STEPS)  # the recipe of conftest's session fixture ``fast_world``
 # Just enough to exercise building and caching (not a useful model).
 TINY = WorldRecipe(steps=2, batch_size=2, pool_scenes=2, pool_size=128, crop=128)
 
@@ -42,13 +44,6 @@ def _one_thread():
     # These ops are too small for intra-op threads; on shared 2-core CI machines two threads ran ~10x slower.
     with tiny_vlm.torch_threads(1):
         yield
-
-
-@pytest.fixture(scope="session")
-def fast_world(tmp_path_factory: pytest.TempPathFactory):
-    cache = tmp_path_factory.mktemp("world-cache")
-    path = build_or_load_world_model(cache, recipe=FAST, progress=False)
-    return path, cache
 
 
 @pytest.fixture(scope="session")
@@ -231,9 +226,11 @@ def test_default_cache_root(monkeypatch, tmp_path):
 # ---- the property, measured on scenes no training saw -------------------------------------------------------------
 
 def test_metric_against_hand_computed_values():
-    target = torch.tensor([[0, 0, 1, 1], [2, 2, 2, 2]])
-    pred = torch.tensor([[0, 1, 1, 1], [2, 2, 0, 0]])
-    res = miou_from_confusion(confusion_matrix(pred, target, 4))
+    target = np.array([[0, 0, 1, 1], [2, 2, 2, 2]])
+    pred = np.array([[0, 1, 1, 1], [2, 2, 0, 0]])
+    conf = np.zeros((4, 4), np.int64)
+    np.add.at(conf, (target.ravel(), pred.ravel()), 1)  # rows = true class, columns = predicted
+    res = miou_from_confusion(torch.from_numpy(conf))
     # class 0: I=1, U=2+3-1=4; class 1: I=2, U=2+3-2=3; class 2: I=2, U=4+2-2=4; class 3 never occurs (excluded)
     assert abs(res["miou"] - (1 / 4 + 2 / 3 + 2 / 4) / 3) < 1e-9
     assert res["pixel_accuracy"] == 5 / 8
@@ -254,13 +251,13 @@ def test_unadapted_model_is_near_chance(fast_model, held_out):
 def test_open_world_aligns_all_sixteen_concepts(open_world):
     """The 16-concept world model: every concept's image tokens lie nearest its own name (chance IoU ~ 1/16),
     also when the model is loaded with a few of the names only, as run-time vocabularies will."""
-    model = AdaptedModel.from_ofa(open_world, list(ALL_CATEGORIES)).model
+    model = AdaptedModel.unadapted_from_ofa(open_world, list(ALL_CATEGORIES)).model
     res = evaluate_alignment(model, SyntheticScenes(24, (256, 256), categories=ALL_CATEGORIES))
     assert res["miou"] >= 0.75, res["miou"]
     worst = min(zip(res["iou"], ALL_CATEGORIES))
     assert worst[0] >= 0.6, worst
     few = ["lava", "sky", "carpet", "dirt"]
-    model = AdaptedModel.from_ofa(open_world, few).model
+    model = AdaptedModel.unadapted_from_ofa(open_world, few).model
     assert evaluate_alignment(model, SyntheticScenes(8, (256, 256), categories=few))["miou"] >= 0.8
 
 

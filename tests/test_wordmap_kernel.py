@@ -279,7 +279,7 @@ def test_forcing_triton_on_cpu_without_the_interpreter_says_how(monkeypatch):
 @needs_triton
 def test_triton_output_feeds_the_model_as_embedded_tokens():
     """wordmap_embed(...) -> run_tokens(embedded=True) equals the model's own word-map path on table rows."""
-    from ofa_fixture import randomize_, tiny_config
+    from helpers.ofa import randomize_, tiny_config
 
     from ifseg_deploy.modeling.segofa import SegOFA
 
@@ -304,7 +304,7 @@ def test_trainer_step_feeds_the_encoder_what_the_image_path_would(impl, monkeypa
     """The training step (WordMapStep -> adapt.ops.wordmap_tokens -> run_tokens(embedded=True)), in eval mode,
     feeds the encoder exactly ``encoder.embed_patches(class_table[ids])`` for the nearest-resized grid: the image
     type embedding (row 1, not the text row 0) and the patch LayerNorm, as real image tokens get them."""
-    from ofa_fixture import randomize_, tiny_config
+    from helpers.ofa import randomize_, tiny_config
 
     from ifseg_deploy.adapt import AdaptConfig
     from ifseg_deploy.adapt.trainer import WordMapStep

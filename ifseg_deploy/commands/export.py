@@ -5,20 +5,10 @@ from __future__ import annotations
 import click
 
 from ..evaluation.registry import DATASETS
+from ..runtime.registry import PRECISIONS
+from .options import device_option, parse_size
 
-FORMATS = ["onnx", "tensorrt"]
-PRECISIONS = ["fp32", "fp16", "int8"]
-
-
-def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    from ifseg_deploy.runtime.input_spec import SpecError, parse_size
-
-    try:
-        return parse_size(value)
-    except SpecError as e:
-        raise click.BadParameter(str(e)) from None
+FORMATS = ("onnx", "tensorrt")
 
 
 @click.command(short_help="Export an adapted model to ONNX (fp32, INT8) or a TensorRT engine, checked.")
@@ -39,13 +29,13 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
 @click.option("--calib-min", type=click.IntRange(min=1), default=4, show_default=True,
               help="Fail (writing nothing) when fewer readable calibration images remain; unreadable files "
                    "are skipped with a warning.")
-@click.option("--input-size", callback=_size, metavar="HxW",
+@click.option("--input-size", callback=parse_size, metavar="HxW",
               help="Fixed input size, e.g. 512x683 (a 640x480 camera after the runtime's resize). [default]")
 @click.option("--dynamic", is_flag=True,
               help="Dynamic height and width (TensorRT profile from --min/--opt/--max-size).")
-@click.option("--min-size", callback=_size, metavar="HxW", help="With --dynamic. [default: 256x256]")
-@click.option("--opt-size", callback=_size, metavar="HxW", help="With --dynamic. [default: 512x683]")
-@click.option("--max-size", callback=_size, metavar="HxW", help="With --dynamic. [default: 1024x1024]")
+@click.option("--min-size", callback=parse_size, metavar="HxW", help="With --dynamic. [default: 256x256]")
+@click.option("--opt-size", callback=parse_size, metavar="HxW", help="With --dynamic. [default: 512x683]")
+@click.option("--max-size", callback=parse_size, metavar="HxW", help="With --dynamic. [default: 1024x1024]")
 @click.option("--max-batch", type=click.IntRange(min=1), default=1, show_default=True,
               help="Largest batch the model (and the engine's profile) accepts.")
 @click.option("--no-refine", is_flag=True, help="Leave the kNN refinement (K=3, 25 iterations) out of the graph.")
@@ -68,7 +58,7 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
               help="TensorRT builder workspace cap (Jetsons share their memory with the CPU).")
 @click.option("--engine-cache", type=click.Path(file_okay=False),
               help="TensorRT engine cache folder. [default: $IFSEG_DEPLOY_CACHE or ~/.cache/ifseg-deploy/engines]")
-@click.option("--device", default=None, help="TensorRT: cuda or cuda:N. [default: cuda:0]")
+@device_option(None, "TensorRT: cuda or cuda:N. [default: cuda:0]")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .onnx or .engine file.")
 def export(model: str, fmt: str, precision: str | None, calib_images: str | None, calib_method: str,

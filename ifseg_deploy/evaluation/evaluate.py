@@ -97,7 +97,7 @@ def evaluate(segmenter: Any, dataset: Any, limit: int | None = None, progress: b
         "model": {"path": model_path, "backend": backend.name, "device": str(getattr(backend, "device", "")),
                   "categories": len(segmenter.class_names),
                   "refinement": {"k": int(k), "iterations": int(iters)},
-                  "preprocessing": dict(segmenter.preprocessing)},
+                  "preprocessing": segmenter.preprocessing.to_dict()},
         "protocol": "single scale, whole image, original resolution; IoU summed over the set; mIoU = mean over "
                     "classes with union > 0",
         "seconds": round(seconds, 3),

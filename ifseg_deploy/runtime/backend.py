@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendError, UsageError
+from ..errors import BackendError, InputError
 from ..preprocessing import PreprocessConfig
 from ..refine import NO_REFINEMENT
 
@@ -62,8 +62,9 @@ class Backend(ABC):
 
 
 def require_refinement(path: str | Path, have: tuple[int, int], wanted: tuple[int, int] | None) -> None:
-    """An exported model's refinement is part of its graph: asking for another one is an error, not a no-op."""
+    """An exported model's refinement is part of its graph: asking for another one is an error, not a no-op (an
+    :class:`~ifseg_deploy.errors.InputError`: the settings asked for do not fit the file; exit status 1)."""
     if wanted is not None and tuple(wanted) != tuple(have):
-        raise UsageError(f"{path} was exported with refinement k={have[0]}, iterations={have[1]}, but k={wanted[0]}, "
+        raise InputError(f"{path} was exported with refinement k={have[0]}, iterations={have[1]}, but k={wanted[0]}, "
                          f"iterations={wanted[1]} was asked for; re-export the model with those settings "
                          "(refinement is part of the exported graph)")

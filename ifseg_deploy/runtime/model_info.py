@@ -17,11 +17,11 @@ from ..errors import ArtifactError
 from ..preprocessing import PreprocessConfig
 from ..refine import PAPER_REFINEMENT
 from .input_spec import InputSpec, SpecError
+from .registry import PRECISIONS
 
 FORMAT = "ifseg-deploy/onnx"
 FORMAT_VERSION = 1
 PREFIX = "ifseg."
-PRECISIONS = ("fp32", "fp16", "int8")
 
 INPUT_NAME = "pixels"
 PROBS_NAME = "probs"

@@ -1,18 +1,20 @@
 """The backends a Segmenter can run on: name -> factory class, imported only when asked for.
 
 Every factory has the same ``from_file(path, *, device=None, refinement=None, **options)`` (see
-:class:`~ifseg_deploy.runtime.backend.Backend`). A new backend plugs in with one line here.
+:class:`~ifseg_deploy.runtime.backend.Backend`). A new backend plugs in with one line here. This module imports
+nothing heavy, so the command line can offer the names as choices.
 """
 
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendError, InputError
-from .backend import Backend
-from .model_info import PRECISIONS
+
+if TYPE_CHECKING:
+    from .backend import Backend
 
 __all__ = ["BACKENDS", "BACKEND_NAMES", "PRECISIONS", "BackendUnavailableError", "backend_factory", "load_backend"]
 
@@ -23,6 +25,8 @@ BACKENDS: dict[str, str] = {
     "tensorrt": "ifseg_deploy.runtime.backends.tensorrt:TensorRTBackend",
 }
 BACKEND_NAMES: tuple[str, ...] = tuple(BACKENDS)
+#: the precisions an exported model file (and its metadata) can have
+PRECISIONS = ("fp32", "fp16", "int8")
 #: the pip extra that brings each backend's engine
 EXTRAS = {"onnxruntime": "onnx", "tensorrt": "trt"}
 

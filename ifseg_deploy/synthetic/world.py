@@ -276,14 +276,16 @@ def make_scene(seed: int, size: tuple[int, int] = (256, 256), categories: Sequen
 
 
 def to_model_input(images: np.ndarray | Sequence[np.ndarray]):  # -> torch.Tensor
-    """uint8 RGB (H, W, 3) or (B, H, W, 3) -> float32 (B, 3, H, W) with OFA's normalisation (x/255 - 0.5) / 0.5."""
+    """uint8 RGB (H, W, 3) or (B, H, W, 3) -> float32 (B, 3, H, W) with OFA's normalisation (x/255 - 0.5) / 0.5,
+    the runtime's :func:`~ifseg_deploy.preprocessing.normalize` (scenes are made at the model's input size)."""
     import torch
+
+    from ..preprocessing import normalize
 
     arr = np.asarray(images if isinstance(images, np.ndarray) else np.stack(list(images)))
     if arr.ndim == 3:
         arr = arr[None]
-    x = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float()
-    return (x / 255.0 - 0.5) / 0.5
+    return torch.from_numpy(np.stack([normalize(image) for image in arr]))
 
 
 class SyntheticScenes(Sequence):

@@ -19,7 +19,7 @@ import numpy as np
 from ...devices import cuda_index
 from ...errors import BackendError, UsageError
 from ..backend import Backend, require_refinement
-from ..engine_file import EngineEnvironment, check_environment, read_engine
+from ..engine_file import EngineEnvironment, EngineFileError, check_environment, read_engine
 from ..model_info import INPUT_NAME, PROBS_NAME, ModelInfo
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ class TensorRTBackend(Backend):
         cuda = import_pycuda()
         self.info, self.path = info, path
         self.categories = list(info.categories)
-        self.preprocessing = dict(info.preprocessing)
+        self.preprocessing = info.preprocessing
         self.refinement = tuple(info.refinement)  # type: ignore[assignment]
         self.fixed_input_size = info.input.fixed_size
         self.device = f"cuda:{device_index}"
@@ -95,7 +95,7 @@ class TensorRTBackend(Backend):
             self._runtime: trt.Runtime | None = trt.Runtime(self._logger)
             engine = self._runtime.deserialize_cuda_engine(plan)
             if engine is None:
-                raise RuntimeError(f"TensorRT could not deserialize {path or 'the engine'} (see its error above)")
+                raise EngineFileError(f"TensorRT could not deserialize {path or 'the engine'} (see its error above)")
             self._engine: trt.ICudaEngine | None = engine
             context = engine.create_execution_context()
             self._context: trt.IExecutionContext | None = context
@@ -104,7 +104,7 @@ class TensorRTBackend(Backend):
             names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
             self._outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
             if INPUT_NAME not in names or PROBS_NAME not in self._outputs:
-                raise RuntimeError(f"engine tensors {names}: expected {INPUT_NAME!r} -> {PROBS_NAME!r}")
+                raise EngineFileError(f"engine tensors {names}: expected {INPUT_NAME!r} -> {PROBS_NAME!r}")
             for name in names:
                 dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
                 count = int(np.prod(self._max_shape(name)))
