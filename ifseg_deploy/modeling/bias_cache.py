@@ -66,3 +66,4 @@ class BiasCache:
 def _version(t: torch.Tensor) -> int:
     # Tensors made under inference mode have no version counter; they cannot change outside inference mode.
     return id(t) if t.is_inference() else t._version
+

@@ -23,6 +23,7 @@ from .position import (
     resize_grid,
     seg_relative_index,
 )
+from .precision import full_precision
 
 
 class SurrogateDecoder(nn.Module):
@@ -85,12 +86,13 @@ class SurrogateDecoder(nn.Module):
         """(per-layer self-attention biases with the causal mask, the cross-attention bias); built once per shape
         at inference (see :mod:`.bias_cache`). The cross bias reads the encoder's positions: an entry is reused only
         with the very position tensor it was built from (the encoder's own cache hands out the same one)."""
-        if self.runtime_biases or not caching_allowed(self):
-            anchor = bias_anchor(enc.out) if self.runtime_biases else None
-            return self._position_biases(enc.grid, enc.pos, dtype, anchor)
-        key = (tuple(enc.grid), enc.pos.shape[1], dtype, str(enc.pos.device))
-        return self.bias_cache.get(key, self.parameters(), lambda: self._position_biases(enc.grid, enc.pos, dtype),
-                                   anchor=enc.pos)
+        with full_precision(enc.pos.device):
+            if self.runtime_biases or not caching_allowed(self):
+                anchor = bias_anchor(enc.out) if self.runtime_biases else None
+                return self._position_biases(enc.grid, enc.pos, dtype, anchor)
+            key = (tuple(enc.grid), enc.pos.shape[1], dtype, str(enc.pos.device))
+            return self.bias_cache.get(key, self.parameters(),
+                                       lambda: self._position_biases(enc.grid, enc.pos, dtype), anchor=enc.pos)
 
     def _position_biases(self, grid: tuple[int, int], enc_pos: Tensor, dtype: torch.dtype,
                          anchor: Tensor | None = None) -> tuple[list[Tensor], Tensor]:
@@ -121,5 +123,7 @@ class SurrogateDecoder(nn.Module):
         return self.layer_norm(x)
 
     def class_logits(self, features: Tensor) -> Tensor:
-        """(B, T, d) -> (B, T, M): <h, e_c> with the class table, no bias, no temperature."""
-        return F.linear(features, self.seg_embed_tokens.weight.to(features.dtype))
+        """(B, T, d) -> (B, T, M): <h, e_c> with the class table, no bias, no temperature. Always in fp32: the
+        logits of similar names differ in the third digit, which is all bf16 keeps (and this product is tiny)."""
+        with full_precision(features.device):
+            return F.linear(features.float(), self.seg_embed_tokens.weight.float())

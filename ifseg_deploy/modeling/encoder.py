@@ -20,6 +20,7 @@ from .position import (
     resize_grid,
     token_bucket_index,
 )
+from .precision import full_precision
 from .resnet import ResNetStages
 
 PAD_ID = 1
@@ -149,10 +150,12 @@ class OFAEncoder(nn.Module):
         """The positions and per-layer attention biases for a grid and a text length; built once per shape at
         inference (see :mod:`.bias_cache`), every call otherwise (training: the tables receive gradients).
         ``anchor``: see :func:`.position.anchored` (an export that computes its biases per call)."""
-        if anchor is not None or not caching_allowed(self):
-            return self._position_biases(grid, lt, dtype, device, anchor)
-        key = (tuple(grid), lt, dtype, str(device))
-        return self.bias_cache.get(key, self.parameters(), lambda: self._position_biases(grid, lt, dtype, device))
+        with full_precision(device):
+            if anchor is not None or not caching_allowed(self):
+                return self._position_biases(grid, lt, dtype, device, anchor)
+            key = (tuple(grid), lt, dtype, str(device))
+            return self.bias_cache.get(key, self.parameters(),
+                                       lambda: self._position_biases(grid, lt, dtype, device))
 
     def _position_biases(self, grid: tuple[int, int], lt: int, dtype: torch.dtype, device: torch.device,
                          anchor: Tensor | None = None) -> PositionBiases:

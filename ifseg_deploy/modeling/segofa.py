@@ -20,6 +20,7 @@ from .attention import MultiheadAttention
 from .decoder import SurrogateDecoder
 from .encoder import EncoderOutput, OFAEncoder
 from .position import max_text_tokens
+from .precision import full_precision
 
 BOS_ID = 0
 
@@ -121,8 +122,10 @@ class SegOFA(nn.Module):
 
     # -- entry points -----------------------------------------------------------------------------------------
     def image_features(self, images: Tensor) -> Tensor:
-        """(B, 3, H, W) normalised images -> raw ResNet features (B, 1024, ceil(H/16), ceil(W/16))."""
-        return self.encoder.embed_images(images)
+        """(B, 3, H, W) normalised images -> raw ResNet features (B, 1024, ceil(H/16), ceil(W/16)). The ResNet
+        stays fp32 under autocast: in bf16 it moved 2.7% of the trained demo model's labels, the transformer 0.3%."""
+        with full_precision(images.device):
+            return self.encoder.embed_images(images)
 
     def project_features(self, features: Tensor) -> Tensor:
         """(B, C, h, w) ResNet features -> (B, h, w, d) projected image tokens (what a word map replaces)."""
