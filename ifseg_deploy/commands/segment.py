@@ -49,6 +49,7 @@ def _output_stems(items: list[tuple[Path, Path | None]]) -> list[Path]:
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def segment(inputs: tuple[str, ...], model: str, out_dir: str, backend: str, device: str, no_refine: bool,
             refine_k: int | None, refine_iters: int | None, short_side: int | None, max_long_side: int | None,
+            precision: str, compile_model: bool,
             save_probs: bool, alpha: float, recursive: bool, no_progress: bool) -> None:
     """Segment every IMAGE (and every image file in each DIR) with the model at --model.
 
@@ -73,7 +74,8 @@ def segment(inputs: tuple[str, ...], model: str, out_dir: str, backend: str, dev
     items = find_images(inputs, recursive=recursive)
     if not items:
         raise click.ClickException("no images found in " + ", ".join(inputs))
-    seg = load_segmenter(model, backend, device, no_refine, refine_k, refine_iters, short_side, max_long_side)
+    seg = load_segmenter(model, backend, device, no_refine, refine_k, refine_iters, short_side, max_long_side,
+                         precision, compile_model)
     names = seg.class_names
     colours = palette(len(names))
     out = Path(out_dir)

@@ -16,9 +16,10 @@ from ...model_dir import AdaptedModel
 from ...refine import PAPER_REFINEMENT, refinement_setting
 from ..backend import Backend
 from ..graph import InferenceGraph
+from ..registry import TORCH_PRECISIONS
 
 #: precision -> autocast dtype (None: plain fp32)
-PRECISION_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISION_DTYPES: dict[str, torch.dtype | None] = dict(zip(TORCH_PRECISIONS, (None, torch.bfloat16, torch.float16)))
 
 
 def _check_precision(precision: str, device: torch.device) -> torch.dtype | None:
