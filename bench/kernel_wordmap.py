@@ -31,6 +31,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from ..devices import torch_device
+
 BYTES_FORMULA = ("bytes_fwd = B*H*W*d*out_elsize (output write) + R*d*table_elsize (R = distinct class rows the "
                  "word map touches) + B*S*S*grid_elsize + B*2*sizes_elsize + 3*d*param_elsize; GB/s = bytes_fwd / "
                  "time. copy GB/s = 2 * out_bytes / time of torch.empty_like(out).copy_(out) (read + write)")
@@ -143,7 +145,7 @@ def run_benchmark(batch: int = 4, classes: int = 150, dim: int = 768, iters: int
                   compile_ref: bool = True) -> dict:
     """Run the comparison and return a JSON-able dict (see the module docstring). ``dtype`` (fp32/fp16/bf16)
     defaults to fp16 on a GPU (IFSeg's training precision) and fp32 on the CPU."""
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = torch_device(device)
     dtype = dtype or ("fp16" if dev.type == "cuda" else "fp32")
     data = _inputs(batch, classes, dim, vocab, DTYPES[dtype], dev, seed)
     params = data["params"]

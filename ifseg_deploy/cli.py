@@ -11,11 +11,6 @@ from typing import Any
 
 import click
 
-# Until commands/bench.py (reworked on branch rd-bench) imports them from .commands.options, it imports these two
-# from here, so they must exist before the commands are imported. Remove at that merge.
-from .commands.options import categories_option, read_categories  # noqa: F401
-
-# isort: split
 from .commands.adapt import adapt
 from .commands.bench import bench
 from .commands.demo import demo

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from bpe_fixture import write_tiny_bpe
 from click.testing import CliRunner
-from ofa_fixture import tiny_config, write_fairseq_checkpoint
+from helpers.bpe import write_tiny_bpe
+from helpers.ofa import tiny_config, write_fairseq_checkpoint
 
 from ifseg_deploy.adapt import AdaptationInterrupted, AdaptConfig, adapt
 from ifseg_deploy.adapt.data import ArtificialMaps
@@ -46,6 +46,14 @@ def ckpt(tmp_path_factory) -> Path:
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
     return AdaptedModel.from_pretrained(path).model.state_dict()
+
+
+def crash_at(n: int):
+    """An ``on_step`` callback that dies at step ``n`` without saving, as a killed process would."""
+    def on_step(step: int, info: dict) -> None:
+        if step == n:
+            raise RuntimeError(f"simulated crash at step {step}")
+    return on_step
 
 
 # -- artificial data ------------------------------------------------------------------------------------------
@@ -122,7 +130,7 @@ def test_crashed_run_resumes_to_identical_weights(ckpt, tmp_path):
     cfg = fast_config()
     adapt(ckpt, CATS, tmp_path / "straight", cfg, progress=False)
     with pytest.raises(RuntimeError, match="simulated crash at step 8"):
-        adapt(ckpt, CATS, tmp_path / "resumed", cfg, progress=False, _crash_at_step=8)
+        adapt(ckpt, CATS, tmp_path / "resumed", cfg, progress=False, on_step=crash_at(8))
     assert not (tmp_path / "resumed").exists()
     assert (tmp_path / "resumed.partial" / "checkpoint.pt").is_file()  # saved at step 5
     adapt(ckpt, CATS, tmp_path / "resumed", cfg, progress=False, resume=True)
@@ -134,6 +142,39 @@ def test_crashed_run_resumes_to_identical_weights(ckpt, tmp_path):
     assert steps == sorted(set(steps))  # no duplicated log lines after the resume
 
 
+def test_on_step_sees_every_step_with_the_logged_loss_and_lr(ckpt, tmp_path):
+    seen: list[tuple[int, dict]] = []
+    adapt(ckpt, CATS, tmp_path / "m", fast_config(steps=6, log_every=3), progress=False,
+          on_step=lambda step, info: seen.append((step, info)))
+    assert [s for s, _ in seen] == [1, 2, 3, 4, 5, 6]
+    assert all(isinstance(i["loss"], torch.Tensor) and isinstance(i["grad_norm"], torch.Tensor) for _, i in seen)
+    records = {r["step"]: r for r in map(json.loads, (tmp_path / "m" / "metrics.jsonl").read_text().splitlines())}
+    assert sorted(records) == [3, 6]
+    for step, info in seen:
+        assert info["lr"] == pytest.approx(3e-3 * cosine_factor(6)(step))  # the rate after the schedule's update
+        if step in records:
+            assert float(info["loss"]) == records[step]["loss"] and info["lr"] == records[step]["lr"]
+            assert float(info["grad_norm"]) == records[step]["grad_norm"]
+
+
+def test_the_throughput_benchmark_trains_with_the_trainers_step(ckpt, tmp_path):
+    """``bench --mode adapt`` times the trainer's TrainStep (optimizer, clipping, scaler, cosine schedule): from the
+    same start model, config and data seed it ends with the trainer's weights, bit for bit."""
+    from ifseg_deploy.bench.adapt_throughput import train_and_time
+
+    cfg = fast_config(steps=4, dropout=0.0, drop_path=0.0)  # dropout masks come from the global generator
+    adapt(ckpt, CATS, tmp_path / "m", cfg, progress=False)
+    trained = _weights(tmp_path / "m")
+    model = AdaptedModel.unadapted_from_ofa(ckpt, CATS, seed=cfg.seed).model
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    phases = train_and_time(model, cfg, torch.device("cpu"), warmup=1, steps=3)
+    assert set(phases) == {"data", "forward", "backward", "optimizer"} and all(v > 0 for v in phases.values())
+    timed = model.state_dict()
+    assert sum(not torch.equal(trained[k], start[k]) for k in trained) > 10  # training moved the weights
+    for k in trained:
+        assert torch.equal(timed[k], trained[k]), k
+
+
 def test_paths_and_resume_are_checked(ckpt, tmp_path):
     out = tmp_path / "m"
     out.mkdir()
@@ -142,7 +183,7 @@ def test_paths_and_resume_are_checked(ckpt, tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         adapt(ckpt, CATS, tmp_path / "other", fast_config(), progress=False, resume=True)
     with pytest.raises(RuntimeError):
-        adapt(ckpt, CATS, tmp_path / "x", fast_config(), progress=False, _crash_at_step=6)
+        adapt(ckpt, CATS, tmp_path / "x", fast_config(), progress=False, on_step=crash_at(6))
     with pytest.raises(FileExistsError, match="--resume"):
         adapt(ckpt, CATS, tmp_path / "x", fast_config(), progress=False)
     with pytest.raises(ValueError, match="different config"):
