@@ -228,15 +228,14 @@ def _open(row: Row, adapted: Any, device: str, threads: int, refinement: tuple[i
         return factory(adapted, device, refinement)
     source = str(row.source)
     if row.backend == "onnxruntime":
-        import onnxruntime as ort
+        from ifseg_deploy.runtime.backends.ort_session import OrtSessionSettings
 
         # Its pool's threads would otherwise spin for a while after every run and take the cores from the next
         # variant (PyTorch's threads) in the interleaved rounds; with that off, each engine has the cores alone.
-        opts = ort.SessionOptions()
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        settings = OrtSessionSettings(threads=threads, spinning=False)
         fp16 = row.precision == "fp16"  # the TensorRT provider's fp16 mode
         return load_backend("onnxruntime", source, device="tensorrt" if fp16 else device, refinement=refinement,
-                            fp16=fp16, threads=threads, session_options=opts)
+                            fp16=fp16, settings=settings)
     if source.endswith(".onnx"):
         from ifseg_deploy.export.trt_build import engine_for
 
