@@ -165,7 +165,7 @@ def plot_inference(report: dict[str, Any], path: str | Path) -> str | None:
         matplotlib.use("Agg", force=True)
         import matplotlib.pyplot as plt
     except ImportError:
-        return "no PNG plot: matplotlib is not installed (pip install 'ifseg-deploy[bench]')"
+        return "no PNG plot: matplotlib is not installed (it is a dependency of ifseg-deploy: pip install matplotlib)"
     rows = [r for r in report["rows"] if r["status"] == "ok" and "model" in r]
     if not rows:
         return "no PNG plot: no row was measured"
