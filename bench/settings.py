@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 
 from ifseg_deploy.devices import DeviceError, parse_device, torch_device
 from ifseg_deploy.errors import UsageError
-from ifseg_deploy.runtime.registry import BACKEND_NAMES, PRECISIONS, TORCH_PRECISIONS
+from ifseg_deploy.runtime.registry import BACKEND_NAMES, DYNAMIC_INT8, PRECISIONS, TORCH_PRECISIONS
 
-DYNAMIC_INT8 = "int8-dynamic"
 #: Every precision a benchmark row can have: an export's, the torch backend's autocast ones, and ONNX Runtime's
 #: dynamic INT8.
 BENCH_PRECISIONS: tuple[str, ...] = tuple(dict.fromkeys((*PRECISIONS, *TORCH_PRECISIONS, DYNAMIC_INT8)))
