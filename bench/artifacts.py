@@ -112,23 +112,9 @@ class Exporter:
 
 
 def dynamic_int8(fp32: Path, out: Path) -> None:
-    """ONNX Runtime's dynamic INT8 quantization of MatMul/Gemm weights, leaving out the kNN refinement's similarity
-    MatMul (as the Q/DQ export does), written atomically."""
-    import logging
+    """The export stage's dynamic INT8 (:mod:`ifseg_deploy.export.int8_dynamic`) of ``fp32``, written atomically."""
+    from ifseg_deploy.export.int8_dynamic import quantize_dynamic_int8
 
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from ifseg_deploy.export.int8 import similarity_matmuls
-
-    exclude = similarity_matmuls(onnx.load(str(fp32), load_external_data=False))
     tmp = out.with_name(f".{out.name}.tmp")
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # its "consider pre-processing" warning
-    try:
-        quantize_dynamic(str(fp32), str(tmp), op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8,
-                         nodes_to_exclude=exclude, extra_options={"MatMulConstBOnly": True})
-    finally:
-        root.setLevel(level)
+    quantize_dynamic_int8(fp32, tmp)
     tmp.replace(out)

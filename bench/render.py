@@ -39,6 +39,31 @@ def _loads(x: list[float] | None) -> str:
     return "-" if not x else " / ".join(str(v) for v in x)
 
 
+def _gflops(r: dict[str, Any]) -> str:
+    if r.get("gflops_per_s") is None:
+        return "-"
+    share = r.get("share_of_peak")
+    return f"{r['gflops_per_s']:.0f}" + (f" ({_pct(share, 1)} {r['compute_dtype']})" if share is not None else "")
+
+
+def flops_lines(report: dict[str, Any]) -> list[str]:
+    """The model's FLOPs per stage and size, and the measured GEMM peaks, under the main table."""
+    lines: list[str] = []
+    if report.get("flops"):
+        lines += ["", "Model FLOPs per image (FlopCounterMode on the eager model; matrix products and convolutions):",
+                  "", "| input | ResNet | encoder | decoder | head + refinement | total |", "|---|---|---|---|---|---|"]
+        for size, f in report["flops"].items():
+            lines.append(f"| {size} | " + " | ".join(f"{f[k] / 1e9:.1f} G" for k in
+                                                      ("resnet", "encoder", "decoder", "head_refine", "total")) + " |")
+    peak = report.get("peak_gflops")
+    if peak:
+        got = ", ".join(f"{k} {peak[k]:.0f}" for k in ("fp32", "bf16", "int8", "fp16") if peak.get(k))
+        lines += ["", f"Measured GEMM peak ({peak['n']}x{peak['n']} products, best of 5, {peak['threads']} "
+                      f"thread(s), {peak['device']}), GFLOP/s (int8: GOP/s): {got}. `% of peak` = a row's "
+                      "GFLOP/s over the peak of the data type its products run in."]
+    return lines
+
+
 def header_lines(report: dict[str, Any]) -> list[str]:
     m, st = report["machine"], report.get("settings", {})
     load = m.get("load_average_1_5_15")
@@ -79,15 +104,17 @@ def inference_markdown(report: dict[str, Any]) -> str:
         "Latency in ms (mean / p50 / p90 / p99 over the timed rounds); `x` = speedup over PyTorch eager fp32 of the "
         "same size and batch in the same run (mean ratio; median of per-round ratios in brackets).",
         "",
-        "| backend | precision | input | batch | model-only ms | model x | end-to-end ms | e2e x | img/s (e2e) "
-        "| MiB load + 1st call (process peak) | labels = fp32 | mIoU | cores: own (kernel share) / others |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| backend | precision | input | batch | model-only ms | model x | GFLOP/s (% of peak) | end-to-end ms "
+        "| e2e x | img/s (e2e) | MiB load + 1st call (process peak) | labels = fp32 | mIoU "
+        "| cores: own (kernel share) / others |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         size = f"{r['size'][0]}x{r['size'][1]}"
-        head = f"| {r['backend']}{' (baseline)' if r['baseline'] else ''} | {r['precision']} | {size} | {r['batch']} "
+        name = r["backend"] + (" compiled" if r.get("compiled") else "") + (" (baseline)" if r["baseline"] else "")
+        head = f"| {name} | {r['precision']} | {size} | {r['batch']} "
         if r["status"] != "ok":
-            lines.append(head + f"| {r['status']}: {r['reason']} | | | | | | | | |")
+            lines.append(head + f"| {r['status']}: {r['reason']} | | | | | | | | | |")
             continue
         mo, e2 = r["model"], r["e2e"]
         ratio = r.get("ratio") or {}
@@ -101,11 +128,13 @@ def inference_markdown(report: dict[str, Any]) -> str:
             agree += " (1 label)"
         miou = "-" if acc.get("mIoU") is None else f"{acc['mIoU']:.3f}"
         lines.append(
-            head + f"| {lat(mo)} | {_x(rm.get('speedup'))} ({_x(rm.get('speedup_paired_median'))}) | {lat(e2)} "
+            head + f"| {lat(mo)} | {_x(rm.get('speedup'))} ({_x(rm.get('speedup_paired_median'))}) | {_gflops(r)} "
+            f"| {lat(e2)} "
             f"| {_x(re_.get('speedup'))} ({_x(re_.get('speedup_paired_median'))}) | {e2['throughput_ips']:.2f} "
             f"| {_mb(mem.get('rss_load_mb'))} + {_mb(mem.get('rss_first_call_mb'))} ({_mb(mem.get('rss_peak_mb'))}) "
             f"| {agree} | {miou} "
             f"| {_cpu(r.get('cpu') or {})} |")
+    lines += flops_lines(report)
     acc_rows = [r for r in rows if r.get("accuracy")]
     if acc_rows:
         a0 = acc_rows[0]["accuracy"]
@@ -136,7 +165,7 @@ def plot_inference(report: dict[str, Any], path: str | Path) -> str | None:
         matplotlib.use("Agg", force=True)
         import matplotlib.pyplot as plt
     except ImportError:
-        return "no PNG plot: matplotlib is not installed (pip install 'ifseg-deploy[bench]')"
+        return "no PNG plot: matplotlib is not installed (it is a dependency of ifseg-deploy: pip install matplotlib)"
     rows = [r for r in report["rows"] if r["status"] == "ok" and "model" in r]
     if not rows:
         return "no PNG plot: no row was measured"

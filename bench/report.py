@@ -38,8 +38,10 @@ NOTES = [
 
 def build_report(s: InferenceSettings, rows: list[Row], loaded: dict[tuple, Loaded], sources: Sources, *,
                  calibration: str | None, agreement: dict, accuracy: dict, device: str, threads: int,
-                 sizes: list[Size], peak_reset: bool) -> dict[str, Any]:
-    """The report of a run (schema :data:`SCHEMA`)."""
+                 sizes: list[Size], peak_reset: bool, flops: dict[Size, dict[str, float]] | None = None,
+                 peak: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The report of a run (schema :data:`SCHEMA`). ``flops``: per size, the model's FLOPs per stage
+    (:mod:`.flops`); ``peak``: the GEMM peak per data type (:mod:`.peak`)."""
     base_of = {(r.size, r.batch): r for r in rows if r.baseline}
     notes = list(NOTES)
     if not peak_reset:
@@ -61,7 +63,10 @@ def build_report(s: InferenceSettings, rows: list[Row], loaded: dict[tuple, Load
         },
         "model": {"dir": str(sources.model_dir), "random_weights": sources.random,
                   "onnx": [str(p) for p, _ in sources.onnx], "engines": [str(p) for p, _ in sources.engines]},
-        "rows": [_row(row, base_of[(row.size, row.batch)], loaded, agreement, accuracy) for row in rows],
+        "flops": {f"{h}x{w}": v for (h, w), v in (flops or {}).items()},
+        "peak_gflops": peak,
+        "rows": [_with_limits(_row(row, base_of[(row.size, row.batch)], loaded, agreement, accuracy), row,
+                              flops or {}, peak) for row in rows],
         "notes": notes,
     }
 
@@ -99,6 +104,23 @@ def _row(row: Row, base: Row, loaded: dict[tuple, Loaded], agreement: dict, accu
     return d
 
 
+def _with_limits(d: dict[str, Any], row: Row, flops: dict[Size, dict[str, float]], peak: dict[str, Any] | None
+                 ) -> dict[str, Any]:
+    """A measured row's achieved GFLOP/s (the model's counted FLOPs x batch / mean model-only time) and its share
+    of the measured peak of the data type its products run in."""
+    from .flops import compute_dtype
+
+    d["compiled"] = row.compiled
+    d["compute_dtype"] = compute_dtype(row.backend, row.precision)
+    if "model" not in d or row.size not in flops:
+        return d
+    achieved = flops[row.size]["total"] * row.batch / (d["model"]["mean_ms"] / 1e3) / 1e9
+    d["gflops_per_s"] = achieved
+    top = (peak or {}).get(d["compute_dtype"])
+    d["share_of_peak"] = achieved / top if top else None
+    return d
+
+
 def cpu_figures(c: dict[str, float]) -> dict[str, float | None]:
     """From a row's CPU jiffies (:func:`~.system.cpu_split` summed over its timed calls): cores other processes
     kept busy, cores the hypervisor stole, cores this process used, and the share of its CPU time spent in the
@@ -119,7 +141,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     """Short console summary: one line per row."""
     lines = []
     for r in report["rows"]:
-        label = f"{r['backend']:11s} {r['precision']:4s} {r['size'][0]}x{r['size'][1]} b{r['batch']}"
+        backend = r["backend"] + (" compiled" if r.get("compiled") else "")
+        label = f"{backend:11s} {r['precision']:4s} {r['size'][0]}x{r['size'][1]} b{r['batch']}"
         if r["status"] != "ok":
             lines.append(f"  {label}  {r['status']}: {r['reason']}")
             continue
@@ -128,6 +151,9 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         sp_e = (ratio.get("e2e") or {}).get("speedup")
         line = (f"  {label}  model {r['model']['mean_ms']:9.1f} ms (x{sp_m:.2f})  e2e {r['e2e']['mean_ms']:9.1f} ms "
                 f"(x{sp_e:.2f})  {r['e2e']['throughput_ips']:.2f} img/s")
+        if r.get("gflops_per_s") is not None:
+            share = r.get("share_of_peak")
+            line += f"  {r['gflops_per_s']:.0f} GFLOP/s" + (f" ({100 * share:.1f}% of peak)" if share else "")
         agr = r.get("agreement")
         if agr and not r["baseline"]:
             line += f"  labels {100 * agr['label_agreement']:.2f}%"

@@ -63,7 +63,7 @@ def run_inference(s: InferenceSettings, echo: Echo = print) -> dict[str, Any]:
         check_classes(adapted.categories, dataset, s)
     sizes = s.sizes or sources.default_sizes(adapted)
     exporter = Exporter(s, sources, echo)
-    rows = plan_rows(sizes, s.batches, s.backends, s.precisions, device, sources.model_dir)
+    rows = plan_rows(sizes, s.batches, s.backends, s.precisions, device, sources.model_dir, s.compile)
     attach_sources(rows, sources, exporter, max(s.batches), echo)
     torch_load = None if rss0 is None or rss1 is None else rss1 - rss0
     loaded = load_all(rows, adapted, device, threads, s.refinement, Path(s.out), torch_load, echo)
@@ -79,6 +79,7 @@ def _measure(s: InferenceSettings, rows: list[Row], loaded: dict[tuple, Loaded],
              ) -> dict[str, Any]:
     """Time the loaded rows, then compare their outputs with the baseline's; the report."""
     images = {size: _scene(size) for size in sizes}
+    limits = _limits(s, rows, loaded, sizes, device, echo)
     segmenters, tasks = segmenters_and_tasks(rows, loaded, images)
     echo(f"timing {len({id(t.row) for t in tasks})} variant(s): {s.warmup} warm-up + {s.iters} timed round(s), "
          f"interleaved; {threads} thread(s) for torch and onnxruntime; device {device}")
@@ -95,12 +96,31 @@ def _measure(s: InferenceSettings, rows: list[Row], loaded: dict[tuple, Loaded],
 
         profiles = profile_rows(rows, loaded, segmenters, images, threads, echo)
     report = build_report(s, rows, loaded, sources, calibration=exporter.calibration, agreement=agree,
-                          accuracy=acc, device=device, threads=threads, sizes=sizes, peak_reset=peak_reset)
+                          accuracy=acc, device=device, threads=threads, sizes=sizes, peak_reset=peak_reset,
+                          **limits)
     report["settings"]["load_average_at_start"] = load_start
     report["settings"]["timing_seconds"] = round(time.perf_counter() - t_start, 1)
     if profiles is not None:
         report["profiles"] = profiles
     return report
+
+
+def _limits(s: InferenceSettings, rows: list[Row], loaded: dict[tuple, Loaded], sizes: list[Size], device: str,
+            echo: Echo) -> dict[str, Any]:
+    """The model's FLOPs per size (counted on the baseline's eager model) and, with ``--peak``, the GEMM peak
+    of each data type on these threads; measured before the timed rounds, so they do not disturb them."""
+    from .flops import count_flops
+    from .peak import gemm_peak
+
+    flops: dict[Size, dict[str, float]] = {}
+    for row in rows:
+        if row.baseline and row.ok and row.size not in flops:
+            flops[row.size] = count_flops(loaded[row.key].backend, row.size)  # type: ignore[index]
+    peak = None
+    if s.peak:
+        echo("measuring the GEMM peak (fp32, bf16, int8" + (", fp16" if device.startswith("cuda") else "") + ")")
+        peak = gemm_peak(device)
+    return {"flops": flops, "peak": peak}
 
 
 def _scene(size: Size) -> np.ndarray:

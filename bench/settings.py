@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 
 from ifseg_deploy.devices import DeviceError, parse_device, torch_device
 from ifseg_deploy.errors import UsageError
-from ifseg_deploy.runtime.registry import BACKEND_NAMES, PRECISIONS
+from ifseg_deploy.runtime.registry import BACKEND_NAMES, DYNAMIC_INT8, PRECISIONS, TORCH_PRECISIONS
 
-DYNAMIC_INT8 = "int8-dynamic"
-#: Every precision a benchmark row can have: an export's, and ONNX Runtime's dynamic INT8.
-BENCH_PRECISIONS: tuple[str, ...] = (*PRECISIONS, DYNAMIC_INT8)
+#: Every precision a benchmark row can have: an export's, the torch backend's autocast ones, and ONNX Runtime's
+#: dynamic INT8.
+BENCH_PRECISIONS: tuple[str, ...] = tuple(dict.fromkeys((*PRECISIONS, *TORCH_PRECISIONS, DYNAMIC_INT8)))
 #: The kNN refinement of the paper (k, iterations), and none.
 REFINEMENT, NO_REFINEMENT = (3, 25), (1, 0)
 Echo = Callable[[str], None]
@@ -54,6 +54,8 @@ class InferenceSettings:
     refine: bool = True
     plot: bool = True
     profile: bool = False
+    compile: bool = False  # also a torch.compile'd twin of every torch row
+    peak: bool = False  # measure the GEMM peak of each data type: every row's share of it
     command: str | None = None
 
     @property

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ifseg_deploy.runtime.backend import Backend
@@ -42,12 +41,13 @@ class Row:
     rss_first: float | None = None  # RSS growth during the first calls (warm-up): working memory it allocated
     device_peak: float | None = None
     timer: str = "perf_counter"
+    compiled: bool = False  # a torch row run through torch.compile
     calls_per_run: int = 1
     cpu: dict[str, float] = field(default_factory=lambda: dict.fromkeys(CPU_KEYS, 0.0))  # jiffies, timed calls
 
     @property
     def name(self) -> str:
-        return f"{self.backend} {self.precision}"
+        return f"{self.backend} {self.precision}" + (" compiled" if self.compiled else "")
 
     @property
     def ok(self) -> bool:
@@ -66,14 +66,6 @@ class Loaded:
     rss_load: float | None
     source: str
     rss_load_peak: float | None = None
-
-
-class AutocastTorchBackend(TorchBackend):
-    """The torch backend under CUDA autocast fp16 (softmax and refinement stay fp32 as in the graph)."""
-
-    def probs_tensor(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cuda", dtype=torch.float16):
-            return super().probs_tensor(pixels)
 
 
 # -- what runs here -------------------------------------------------------------------------------------------------
@@ -102,11 +94,15 @@ def skip_reason(backend: str, precision: str, device: str) -> str | None:
     on_gpu = device.startswith("cuda")
     if precision == DYNAMIC_INT8 and backend != "onnxruntime":
         return "int8-dynamic is onnxruntime's own CPU quantization (a diagnostic); not a format for this backend"
+    if precision == "bf16" and backend != "torch":
+        return "bf16 is the torch backend's autocast; an exported file is fp32, fp16 or int8"
     if backend == "torch":
         if precision == "int8":
             return "no PyTorch eager INT8 path: INT8 is the Q/DQ ONNX (onnxruntime, tensorrt)"
         if precision == "fp16" and not on_gpu:
             return "fp16 needs a CUDA GPU (PyTorch's CPU half precision is not a deployment path)"
+        if precision == "bf16" and not _bf16_here(on_gpu):
+            return "no bf16 here (CPU: needs AVX-512 BF16 or AMX through oneDNN; GPU: compute capability >= 8)"
         return None
     if backend == "onnxruntime":
         why = ort_unavailable()
@@ -127,15 +123,21 @@ def skip_reason(backend: str, precision: str, device: str) -> str | None:
     return f"unknown backend {backend!r}"
 
 
+def _bf16_here(on_gpu: bool) -> bool:
+    if on_gpu:
+        return torch.cuda.is_bf16_supported()
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def plan_rows(sizes: list[Size], batches: list[int], backends: list[str], precisions: list[str], device: str,
-              model_dir: Path) -> list[Row]:
+              model_dir: Path, compile: bool = False) -> list[Row]:
     """The PyTorch eager fp32 baseline and every asked-for combination, per size and batch; the ones that cannot
-    run here are skipped with the reason."""
+    run here are skipped with the reason. ``compile``: every torch row also runs through torch.compile."""
     rows: list[Row] = []
     for size in sizes:
         for batch in batches:
             rows.append(Row("torch", "fp32", size, batch, baseline=True, source=str(model_dir),
-                            key=("torch", "fp32", str(model_dir))))
+                            key=("torch", "fp32", str(model_dir), False)))
             for backend in backends:
                 for precision in precisions:
                     if (backend, precision) == ("torch", "fp32"):
@@ -145,6 +147,10 @@ def plan_rows(sizes: list[Size], batches: list[int], backends: list[str], precis
                     if why:
                         row.status, row.reason = "skipped", why
                     rows.append(row)
+    if compile:
+        twins = [Row(r.backend, r.precision, r.size, r.batch, status=r.status, reason=r.reason, compiled=True)
+                 for r in rows if r.backend == "torch"]
+        rows += twins
     return rows
 
 
@@ -160,7 +166,7 @@ def attach_sources(rows: list[Row], sources: Sources, exporter: Exporter, max_ba
             row.fail(f"{type(e).__name__}: {e}")
             echo(f"{row.name} {row.size[0]}x{row.size[1]}: {row.reason}")
             continue
-        row.source, row.key = str(path), (row.backend, row.precision, str(path))
+        row.source, row.key = str(path), (row.backend, row.precision, str(path), row.compiled)
 
 
 def _source(row: Row, sources: Sources, exporter: Exporter, max_batch: int) -> Path:
@@ -224,19 +230,17 @@ def load_variant(row: Row, adapted: Any, device: str, threads: int, refinement: 
 
 def _open(row: Row, adapted: Any, device: str, threads: int, refinement: tuple[int, int], out: Path) -> Backend:
     if row.backend == "torch":
-        factory = TorchBackend if row.precision == "fp32" else AutocastTorchBackend
-        return factory(adapted, device, refinement)
+        return TorchBackend(adapted, device, refinement, precision=row.precision, compile=row.compiled)
     source = str(row.source)
     if row.backend == "onnxruntime":
-        import onnxruntime as ort
+        from ifseg_deploy.runtime.backends.ort_session import OrtSessionSettings
 
         # Its pool's threads would otherwise spin for a while after every run and take the cores from the next
         # variant (PyTorch's threads) in the interleaved rounds; with that off, each engine has the cores alone.
-        opts = ort.SessionOptions()
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        settings = OrtSessionSettings(threads=threads, spinning=False)
         fp16 = row.precision == "fp16"  # the TensorRT provider's fp16 mode
         return load_backend("onnxruntime", source, device="tensorrt" if fp16 else device, refinement=refinement,
-                            fp16=fp16, threads=threads, session_options=opts)
+                            fp16=fp16, settings=settings)
     if source.endswith(".onnx"):
         from ifseg_deploy.export.trt_build import engine_for
 

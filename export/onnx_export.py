@@ -8,7 +8,7 @@ tracing bakes grid sizes into slice bounds), then onnxslim, ``onnx.checker``, th
 check with ONNX Runtime against PyTorch. The file appears at its path only when all of that passed.
 
 Shapes. A fixed-size export is the eager model, traced at one size. A dynamic export traces a copy of the model in
-its shape-agnostic mode (:meth:`~ifseg_deploy.modeling.segofa.SegOFA.set_shape_agnostic`): position tables and
+its shape-agnostic mode (:meth:`~ifseg_deploy.modeling.segofa.SegOFA.prepare_for_export`): position tables and
 relative biases are resized in the graph for every grid, and the encoder's choice between looking image positions
 up (grids of at most 32 x 32 cells that fit the 42 x 42 bucket table, as the official code does) and resizing the
 32 x 32 block is a ``Where`` evaluated at run time. The dynamic graph therefore computes the same function as the
@@ -73,8 +73,8 @@ def build_graph(adapted: Any, refine: bool = True, labels: bool = False, shape_a
     from ifseg_deploy.runtime.graph import InferenceGraph
 
     k, iters = PAPER_REFINEMENT if refine else NO_REFINEMENT
-    model = copy.deepcopy(adapted.model).float().cpu().eval()
-    return InferenceGraph(model, k, iters, labels_at_input=labels, shape_agnostic=shape_agnostic).eval()
+    model = copy.deepcopy(adapted.model).float().cpu().eval().prepare_for_export(shape_agnostic)
+    return InferenceGraph(model, k, iters, labels_at_input=labels).eval()
 
 
 def trace_to_onnx(graph: Any, spec: InputSpec, path: Path, opset: int = DEFAULT_OPSET) -> None:

@@ -23,7 +23,7 @@ from ifseg_deploy.artifacts import guess_kind
 from ifseg_deploy.errors import UsageError
 from ifseg_deploy.runtime.input_spec import DEFAULT_OPT, InputSpec, format_size
 from ifseg_deploy.runtime.model_info import ModelInfo, read_info
-from ifseg_deploy.runtime.registry import PRECISIONS
+from ifseg_deploy.runtime.registry import DYNAMIC_INT8, PRECISIONS
 
 from .onnx_export import DEFAULT_OPSET
 from .parity import FP32_AGREEMENT, REDUCED_AGREEMENT, ParityReport
@@ -79,6 +79,10 @@ class ExportOptions:
             raise ExportUsageError("fp16 is a TensorRT build setting: export --format tensorrt --precision fp16 "
                                    "(the engine keeps LayerNorm/Softmax/Pow in fp32), or run the fp32 .onnx with "
                                    "onnxruntime's TensorRT provider and fp16=True")
+        if precision == DYNAMIC_INT8 and self.format != "onnx":
+            raise ExportUsageError(f"{DYNAMIC_INT8} is ONNX Runtime's CPU format, which TensorRT does not run: "
+                                   "export --format onnx --precision int8-dynamic, or build an engine from the "
+                                   "Q/DQ export (--precision int8)")
         if precision == "int8" and self.calib_images is None and not _is_int8_onnx(model):
             raise ExportUsageError("int8 needs --calib-images DIR: a folder of unlabeled, representative photos "
                                    "(hundreds; modelopt advises >= 500 for ViT/CNN models)")
@@ -121,10 +125,10 @@ def export_model(model: str | Path, out: str | Path, options: ExportOptions | No
         if n_files < opts.calib_min:
             raise CalibrationError(f"{opts.calib_images} holds {n_files} image file(s), fewer than the "
                                    f"{opts.calib_min} calibration images required (--calib-min)")
-        if opts.eval_dataset is not None:
-            from ifseg_deploy.evaluation.registry import get_dataset
+    if opts.eval_dataset is not None and opts.precision in ("int8", DYNAMIC_INT8):
+        from ifseg_deploy.evaluation.registry import get_dataset
 
-            dataset = get_dataset(opts.eval_dataset, opts.eval_root)
+        dataset = get_dataset(opts.eval_dataset, opts.eval_root)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=out.parent))
     try:
@@ -175,9 +179,10 @@ def _export(model: Path, out: Path, work: Path, opts: ExportOptions, dataset: An
         raise ExportUsageError(f"{model} is neither an adapted-model directory nor an .onnx file")
     info = read_info(onnx_path)
 
-    # 2. INT8 Q/DQ
-    if precision == "int8" and info.precision != "int8":
-        onnx_path, info, report = _quantize(onnx_path, info, work, opts, dataset, echo)
+    # 2. INT8: Q/DQ, or ONNX Runtime's dynamic quantization
+    if precision in ("int8", DYNAMIC_INT8) and info.precision == "fp32":
+        quantize = _quantize if precision == "int8" else _quantize_dynamic
+        onnx_path, info, report = quantize(onnx_path, info, work, opts, dataset, echo)
         reports.append(report)
         if opts.format == "onnx":
             publish(onnx_path, out)
@@ -209,6 +214,26 @@ def _quantize(fp32_path: Path, info: ModelInfo, work: Path, opts: ExportOptions,
                       calibration_source=f"{len(batch)} image(s) from {Path(str(opts.calib_images)).name}")
     echo(f"quantized {q.quantized_nodes} tensors (Q/DQ); LayerNorm, Softmax and the other precision-sensitive ops "
          "left unquantized")
+    inputs, data = parity_inputs(info.input, info.preprocessing, 8, seed=1)
+    report = check_int8(fp32_path, q.path, inputs, data=data, min_agreement=opts.reduced_agreement_threshold,
+                        max_miou_drop=opts.max_miou_drop, eval_dataset=dataset, eval_limit=opts.eval_limit, echo=echo)
+    return q.path, q.info, report
+
+
+def _quantize_dynamic(fp32_path: Path, info: ModelInfo, work: Path, opts: ExportOptions, dataset: Any,
+                      echo: Echo) -> tuple[Path, ModelInfo, ParityReport]:
+    from .inputs import parity_inputs
+    from .int8 import check_int8
+    from .int8_dynamic import quantize_dynamic_int8
+
+    if dataset is not None:
+        from ifseg_deploy.evaluation.evaluate import match_classes
+
+        match_classes(info.categories, dataset.classes, getattr(dataset, "aliases", None),
+                      getattr(dataset, "name", "the dataset"))
+    q = quantize_dynamic_int8(fp32_path, work / "model.int8-dynamic.onnx")
+    echo(f"quantized {q.quantized_nodes} MatMul weights to int8 (activations per call); the ResNet, attention "
+         "products and the refinement's similarity stay fp32")
     inputs, data = parity_inputs(info.input, info.preprocessing, 8, seed=1)
     report = check_int8(fp32_path, q.path, inputs, data=data, min_agreement=opts.reduced_agreement_threshold,
                         max_miou_drop=opts.max_miou_drop, eval_dataset=dataset, eval_limit=opts.eval_limit, echo=echo)

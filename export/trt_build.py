@@ -26,6 +26,7 @@ from ifseg_deploy.runtime.backends.tensorrt import (
 )
 from ifseg_deploy.runtime.engine_file import EngineEnvironment, EngineKey, sha256_file
 from ifseg_deploy.runtime.model_info import INPUT_NAME, ModelInfo
+from ifseg_deploy.runtime.registry import DYNAMIC_INT8
 
 from .engine_cache import EngineCache
 
@@ -70,6 +71,9 @@ def engine_key(onnx_path: str | Path, info: ModelInfo, options: BuildOptions, en
 
 
 def check_precision(info: ModelInfo, precision: str) -> None:
+    if info.precision == DYNAMIC_INT8 or precision == DYNAMIC_INT8:
+        raise EngineBuildError(f"{DYNAMIC_INT8} is ONNX Runtime's CPU format (MatMulInteger), which TensorRT does "
+                               "not run; build the engine from the fp32 export (fp32/fp16) or the Q/DQ int8 one")
     if precision not in ("fp32", "fp16", "int8"):
         raise ValueError(f"precision must be fp32, fp16 or int8, got {precision!r}")
     if precision == "int8" and info.precision != "int8":

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from helpers.ofa import tiny_config
 
@@ -19,6 +20,7 @@ from ifseg_deploy.cli import cli
 from ifseg_deploy.synthetic.world import DEFAULT_CATEGORIES
 
 SIZE = "64x64"
+BF16_CPU = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 # -- arithmetic ---------------------------------------------------------------------------------------------------
@@ -92,9 +94,9 @@ def inference_run(world_model_dir, tmp_path_factory):
     pytest.importorskip("modelopt.onnx.quantization")
     out = tmp_path_factory.mktemp("bench_out")
     args = ["bench", "--model", str(world_model_dir), "--backends", "torch,onnxruntime,tensorrt", "--precisions",
-            "fp32,fp16,int8,int8-dynamic", "--sizes", SIZE, "--batch", "1,2", "--warmup", "1", "--iters", "2",
-            "--calib-max", "2", "--threads", "1", "--device", "cpu", "--dataset", "synthetic", "--limit", "2",
-            "--profile", "--out", str(out)]
+            "fp32,fp16,int8,int8-dynamic,bf16", "--sizes", SIZE, "--batch", "1,2", "--warmup", "1", "--iters",
+            "2", "--calib-max", "2", "--threads", "1", "--device", "cpu", "--dataset", "synthetic", "--limit", "2",
+            "--profile", "--peak", "--out", str(out)]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     return out, result.output, args
@@ -112,11 +114,17 @@ def test_inference_json_has_every_figure(inference_run):
     assert report["settings"]["iters"] == 2 and report["settings"]["sizes"] == [[64, 64]]
     for key in ("date", "cpu", "cpu_count", "load_average_1_5_15", "torch"):
         assert key in report["machine"]
-    # 2 batches x 3 backends x 4 precisions
-    assert len(report["rows"]) == 24
+    # 2 batches x 3 backends x 5 precisions
+    assert len(report["rows"]) == 30
     measured = [r for r in report["rows"] if r["status"] == "ok"]
+    bf16 = {("torch", "bf16")} if BF16_CPU else set()
     assert {(r["backend"], r["precision"]) for r in measured} == {
-        ("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("onnxruntime", "int8-dynamic")}
+        ("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("onnxruntime", "int8-dynamic"), *bf16}
+    flops = report["flops"]["64x64"]
+    assert min(flops[k] for k in ("resnet", "encoder", "decoder", "head_refine")) > 0
+    assert sum(flops[k] for k in ("resnet", "encoder", "decoder", "head_refine")) == pytest.approx(flops["total"])
+    peak = report["peak_gflops"]
+    assert peak["fp32"] > 0 and peak["int8"] > 0 and peak["threads"] == 1 and peak["fp16"] is None
     for r in measured:
         for part in ("model", "e2e"):
             st = r[part]
@@ -125,6 +133,9 @@ def test_inference_json_has_every_figure(inference_run):
             assert st["throughput_ips"] == pytest.approx(r["batch"] / (st["mean_ms"] / 1e3))
             assert r["ratio"][part]["speedup"] > 0
         assert r["memory"]["rss_peak_mb"] > 0 and r["memory"]["rss_first_call_mb"] is not None
+        assert r["gflops_per_s"] == pytest.approx(flops["total"] * r["batch"] / r["model"]["mean_ms"] * 1e-6)
+        dtype = {"int8-dynamic": "int8"}.get(r["precision"], r["precision"])
+        assert r["compute_dtype"] == dtype and r["share_of_peak"] == pytest.approx(r["gflops_per_s"] / peak[dtype])
         assert r["agreement"]["label_agreement"] is not None
         assert 0 <= r["accuracy"]["mIoU"] <= 1 and r["accuracy"]["images"] == 2
         cpu = r["cpu"]
@@ -141,7 +152,7 @@ def test_inference_json_has_every_figure(inference_run):
     # what cannot run on a CPU is skipped, with the reason
     for backend, precision, why in (("torch", "fp16", "CUDA"), ("torch", "int8", "Q/DQ"),
                                     ("onnxruntime", "fp16", "TensorRT"), ("tensorrt", "fp32", "GPU"),
-                                    ("torch", "int8-dynamic", "diagnostic")):
+                                    ("torch", "int8-dynamic", "diagnostic"), ("onnxruntime", "bf16", "autocast")):
         for r in _rows(report, backend=backend, precision=precision):
             assert r["status"] == "skipped" and why in r["reason"]
 
@@ -154,6 +165,8 @@ def test_inference_markdown_and_plot(inference_run):
     assert "skipped: fp16 needs a CUDA GPU" in md
     assert "Accuracy on 2 image(s) of `synthetic`" in md
     assert "threads: torch 1, onnxruntime intra-op 1" in md
+    assert "| 64x64 | " in md.split("Model FLOPs per image")[1] and "Measured GEMM peak" in md
+    assert "% int8)" in md and "% fp32)" in md
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -166,10 +179,33 @@ def test_inference_markdown_and_plot(inference_run):
     assert "## torch fp32 64x64 batch 1 (torch.profiler" in prof
     assert "## onnxruntime int8 64x64 batch 1 (onnxruntime" in prof
     report = json.loads((out / "bench.json").read_text())
-    assert len(report["profiles"]) == 4 and all(p["ops"] for p in report["profiles"])
+    assert len(report["profiles"]) == 4 + BF16_CPU and all(p["ops"] for p in report["profiles"])
     # exports were made into OUT/exports, with the records that let the next run reuse them
     assert sorted(p.name for p in (out / "exports").glob("*.onnx")) == [
         "fp32_64x64_b2.onnx", "int8-dynamic_64x64_b2.onnx", "int8_64x64_b2.onnx"]
+
+
+def test_flops_per_stage_scale_with_the_input(world_model_dir):
+    """Convolutions cost exactly 4x at twice the side; attention grows faster than the pixels, the text part
+    slower. A stage read from the wrong module would break one of these."""
+    from ifseg_deploy.bench.flops import count_flops
+    from ifseg_deploy.runtime.backends.torch import TorchBackend
+
+    backend = TorchBackend.from_file(world_model_dir)
+    small, large = count_flops(backend, (64, 64)), count_flops(backend, (128, 128))
+    assert large["resnet"] == 4 * small["resnet"] > 0
+    assert small["encoder"] < large["encoder"] < 16 * small["encoder"]
+    assert large["decoder"] > 4 * small["decoder"] > 0
+    assert large["total"] == pytest.approx(sum(large[k] for k in ("resnet", "encoder", "decoder", "head_refine")))
+
+
+def test_compile_adds_a_twin_of_every_torch_row(world_model_dir):
+    from ifseg_deploy.bench.variants import plan_rows
+
+    rows = plan_rows([(64, 64)], [1], ["torch", "onnxruntime"], ["fp32", "bf16"], "cpu", world_model_dir, True)
+    names = sorted(r.name for r in rows if r.backend == "torch")
+    assert names == ["torch bf16", "torch bf16 compiled", "torch fp32", "torch fp32 compiled"]
+    assert not any(r.compiled for r in rows if r.backend != "torch")
 
 
 def test_exports_are_reused_and_given_files_are_used(inference_run, world_model_dir):
@@ -301,3 +337,17 @@ def test_model_errors(tmp_path, world_model_dir):
     result = runner.invoke(cli, ["bench", "--preset", "tiny", "-c", "cat, dog", "--dataset", "synthetic",
                                  "--backends", "torch", "--out", str(tmp_path / "o2")])
     assert result.exit_code == 2 and "do not match" in result.output
+
+
+def test_gpu_check_script_parses_and_refuses_without_a_gpu(tmp_path):
+    """The one-command GPU check cannot run here; it must still be valid bash and say why it stops."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: run the script itself")
+    result = subprocess.run(["bash", str(script), str(tmp_path / "gpu")], capture_output=True, text=True,
+                            env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2 and "no CUDA GPU" in result.stderr, result.stderr

@@ -104,3 +104,25 @@ def test_segment_name_clashes_and_errors(tiny_model_dir_32, tmp_path):
     # a model directory is no engine: refused before TensorRT is even needed, naming the file and the right backend
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert str(tiny_model_dir_32) in result.output and "--backend torch" in result.output, result.output
+
+
+def test_precision_and_compile_reach_the_torch_backend(tiny_model_dir_32):
+    from ifseg_deploy.commands.options import load_segmenter
+
+    with load_segmenter(str(tiny_model_dir_32), "torch", "cpu", False, None, None, None, None, "bf16") as seg:
+        assert seg.backend.describe()["precision"] == "bf16"
+    with load_segmenter(str(tiny_model_dir_32), "torch", "cpu", False, None, None, None, None) as seg:
+        assert seg.backend.describe()["precision"] == "fp32"
+
+
+@pytest.mark.parametrize("args, message, code", [
+    (["--precision", "bf16", "--backend", "onnxruntime"], "an exported file has its precision built in", 2),
+    (["--compile", "--backend", "onnxruntime"], "an exported file has its precision built in", 2),
+    (["--precision", "fp16"], "fp16 needs a CUDA device", 1),
+    (["--precision", "int8"], "'int8' is not one of", 2),
+])
+def test_precision_refusals(tiny_model_dir_32, images, tmp_path, args, message, code):
+    result = CliRunner().invoke(cli, ["segment", str(images), "-m", str(tiny_model_dir_32), "-o",
+                                      str(tmp_path / "out"), *args])
+    assert result.exit_code == code and message in result.output and "Traceback" not in result.output, result.output
+    assert not (tmp_path / "out" / "labels").exists()

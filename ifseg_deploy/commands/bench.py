@@ -101,6 +101,12 @@ def _ints(ctx: click.Context, param: click.Parameter, value: str | None) -> list
 @click.option("--profile", "profile", is_flag=True,
               help="After timing, profile one model-only call per variant (torch.profiler; onnxruntime's "
                    "profiler) and write profile.md: which operators dominate.")
+@click.option("--compile", "compile_model", is_flag=True,
+              help="Also run every torch row through torch.compile (the gain or loss is its ratio to the eager "
+                   "row).")
+@click.option("--peak", is_flag=True,
+              help="Measure this machine's GEMM peak (fp32, bf16, int8; fp16 on a GPU) on the same threads and "
+                   "device first: every row then shows its share of the peak of its data type.")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Folder for bench.json / bench.md / bench.png (adapt.*, kernel.* in the other modes), and for "
                    "the model files the benchmark makes.")
@@ -108,7 +114,8 @@ def bench(mode: str, models: tuple[str, ...], preset: str | None, bpe_dir: str |
           categories_file: str | None, seed: int, backends: list[str], precisions: list[str],
           sizes: list[tuple[int, int]] | None, batches: list[int], warmup: int, iters: int, calib_images: str | None,
           calib_max: int, threads: int | None, device: str, dataset_name: str | None, root: str | None, limit: int,
-          no_refine: bool, classes: int, no_plot: bool, profile: bool, out: str) -> None:
+          no_refine: bool, classes: int, no_plot: bool, profile: bool, compile_model: bool, peak: bool,
+          out: str) -> None:
     """Measure what a deployment will see, with PyTorch eager fp32 of the same model measured in the same run.
 
     \b
@@ -145,7 +152,8 @@ def bench(mode: str, models: tuple[str, ...], preset: str | None, bpe_dir: str |
         out=out, models=list(models), preset=preset, categories=names, bpe_dir=bpe_dir, seed=seed,
         backends=backends, precisions=precisions, sizes=sizes, batches=batches, warmup=warmup, iters=iters,
         calib_images=calib_images, calib_max=calib_max, threads=threads, device=device, dataset=dataset_name,
-        root=root, limit=limit, refine=not no_refine, plot=not no_plot, profile=profile, command=command)
+        root=root, limit=limit, refine=not no_refine, plot=not no_plot, profile=profile, compile=compile_model,
+        peak=peak, command=command)
     _inference(settings, out, no_plot)
 
 

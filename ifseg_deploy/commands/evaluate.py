@@ -26,8 +26,9 @@ from .options import backend_options, load_segmenter, read_categories, run_time_
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def evaluate_command(model: str, dataset_name: str, root: str | None, limit: int | None, out_file: str | None,
                      backend: str, device: str, no_refine: bool, refine_k: int | None, refine_iters: int | None,
-                     short_side: int | None, max_long_side: int | None, categories: str | None,
-                     categories_file: str | None, no_progress: bool) -> None:
+                     short_side: int | None, max_long_side: int | None, precision: str,
+                     compile_model: bool, categories: str | None, categories_file: str | None,
+                     no_progress: bool) -> None:
     """Evaluate the model at --model on a labelled dataset, the way IFSeg's paper does.
 
     Single scale, whole image: each image is resized (short side 512, long side at most 2048), segmented, and
@@ -50,7 +51,7 @@ def evaluate_command(model: str, dataset_name: str, root: str | None, limit: int
     names = read_categories(categories, categories_file, required=False)
     dataset = get_dataset(dataset_name, root)
     with load_segmenter(model, backend, device, no_refine, refine_k, refine_iters, short_side, max_long_side,
-                        names) as seg:
+                        names, precision, compile_model) as seg:
         report = evaluate(seg, dataset, limit=limit, progress=not no_progress, model_path=model)
     click.echo(format_table(report))
     if out_file:

@@ -18,8 +18,9 @@ FORMATS = ("onnx", "tensorrt")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="onnx", show_default=True,
               help="onnx: a self-describing .onnx file; tensorrt: an engine for this machine's GPU (+ .json).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
-              help="fp32 or int8 for onnx; fp32, fp16 or int8 for tensorrt. [default: fp32 for onnx, fp16 for "
-                   "tensorrt]")
+              help="onnx: fp32, int8 (Q/DQ, calibrated: the format TensorRT runs) or int8-dynamic (ONNX Runtime's "
+                   "CPU INT8: int8 weights, no calibration); tensorrt: fp32, fp16 or int8. [default: fp32 for "
+                   "onnx, fp16 for tensorrt]")
 @click.option("--calib-images", type=click.Path(exists=True, file_okay=False),
               help="INT8: folder of unlabeled, representative photos (hundreds; modelopt advises >= 500).")
 @click.option("--calib-method", type=click.Choice(["entropy", "max"]), default="entropy", show_default=True,

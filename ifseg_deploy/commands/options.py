@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from ..devices import DEVICE_HELP
-from ..runtime.registry import BACKEND_NAMES
+from ..runtime.registry import BACKEND_NAMES, TORCH_PRECISIONS
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
@@ -84,6 +84,12 @@ def backend_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Resize the short side to this [default: the model's, 512]."),
         click.option("--max-long-side", type=click.IntRange(min=1), default=None,
                      help="Cap on the long side after resizing [default: the model's, 2048]."),
+        click.option("--precision", type=click.Choice(TORCH_PRECISIONS), default="fp32", show_default=True,
+                     help="torch backend: fp32 is exact; bf16 (CPUs with AVX-512 BF16/AMX, GPUs) and fp16 (GPUs) "
+                          "autocast the transformer, keeping LayerNorm, softmax, the ResNet and the refinement in "
+                          "fp32. An exported file has its precision built in."),
+        click.option("--compile", "compile_model", is_flag=True,
+                     help="torch backend: torch.compile the model (the first images take longer)."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -92,12 +98,19 @@ def backend_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def load_segmenter(model: str, backend: str, device: str, no_refine: bool, refine_k: int | None,
                    refine_iters: int | None, short_side: int | None, max_long_side: int | None,
-                   categories: list[str] | None = None) -> Any:
+                   categories: list[str] | None = None, precision: str = "fp32",
+                   compile_model: bool = False) -> Any:
     """The Segmenter of :func:`backend_options`' values, segmenting ``categories`` (None: the model's own). A user
     error (an :class:`~ifseg_deploy.errors.IfsegError` or an OSError) propagates: the command group prints it as
     ``Error: ...``."""
     from ..runtime.segmenter import Segmenter
 
+    torch_options: dict[str, Any] = {}
+    if precision != "fp32" or compile_model:
+        if backend != "torch":
+            raise click.UsageError("--precision and --compile choose how the torch backend computes; an exported "
+                                   "file has its precision built in (export --precision ...)")
+        torch_options = {"precision": precision, "compile": compile_model}
     if backend == "tensorrt" and str(model).lower().endswith(".onnx"):
         # The runtime loads engines and never builds one; on the command line an .onnx is still accepted: its
         # engine comes from the engine cache, built first if needed (minutes), as `export --format tensorrt` does.
@@ -106,7 +119,7 @@ def load_segmenter(model: str, backend: str, device: str, no_refine: bool, refin
         model = str(engine_for(model, device=device, echo=click.echo))
     return Segmenter.from_pretrained(model, backend=backend, device=device, refine=False if no_refine else None,
                                      refine_k=refine_k, refine_iters=refine_iters, short_side=short_side,
-                                     max_long_side=max_long_side, categories=categories)
+                                     max_long_side=max_long_side, categories=categories, **torch_options)
 
 
 def parse_size(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:

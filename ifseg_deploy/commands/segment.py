@@ -50,8 +50,8 @@ def _output_stems(items: list[tuple[Path, Path | None]]) -> list[Path]:
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def segment(inputs: tuple[str, ...], model: str, out_dir: str, backend: str, device: str, no_refine: bool,
             refine_k: int | None, refine_iters: int | None, short_side: int | None, max_long_side: int | None,
-            categories: str | None, categories_file: str | None, save_probs: bool, alpha: float, recursive: bool,
-            no_progress: bool) -> None:
+            precision: str, compile_model: bool, categories: str | None, categories_file: str | None,
+            save_probs: bool, alpha: float, recursive: bool, no_progress: bool) -> None:
     """Segment every IMAGE (and every image file in each DIR) with the model at --model.
 
     \b
@@ -76,7 +76,8 @@ def segment(inputs: tuple[str, ...], model: str, out_dir: str, backend: str, dev
     items = find_images(inputs, recursive=recursive)
     if not items:
         raise click.ClickException("no images found in " + ", ".join(inputs))
-    seg = load_segmenter(model, backend, device, no_refine, refine_k, refine_iters, short_side, max_long_side, names)
+    seg = load_segmenter(model, backend, device, no_refine, refine_k, refine_iters, short_side, max_long_side, names,
+                         precision, compile_model)
     names = seg.class_names
     colours = palette(len(names))
     out = Path(out_dir)

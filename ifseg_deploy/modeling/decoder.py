@@ -12,22 +12,32 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..presets import OFAConfig
+from .bias_cache import BiasCache, caching_allowed
 from .encoder import EncoderOutput, absolute_bias
-from .layers import DecoderLayer
-from .position import relative_bias_on_grid, resize_grid
+from .layers import DecoderLayer, LayerNorm
+from .position import (
+    anchored,
+    bias_anchor,
+    gather_columns,
+    relative_bias_on_grid,
+    resize_grid,
+    seg_relative_index,
+)
+from .precision import full_precision
 
 
 class SurrogateDecoder(nn.Module):
-    #: See :attr:`OFAEncoder.shape_agnostic`.
+    #: See :attr:`OFAEncoder.shape_agnostic` and :attr:`OFAEncoder.runtime_biases`.
     shape_agnostic: bool = False
+    runtime_biases: bool = False
 
     def __init__(self, cfg: OFAConfig, num_classes: int) -> None:
         super().__init__()
         d, heads, eps, s = cfg.d_model, cfg.heads, cfg.layer_norm_eps, cfg.seg_bucket_size
         self.cfg = cfg
-        self.layernorm_embedding = nn.LayerNorm(d, eps=eps)
+        self.layernorm_embedding = LayerNorm(d, eps=eps)
         self.embed_seg_positions = nn.Embedding(s * s + 1, d)
-        self.seg_pos_ln = nn.LayerNorm(d, eps=eps)
+        self.seg_pos_ln = LayerNorm(d, eps=eps)
         self.self_pos_q_linear = nn.Linear(d, d)
         self.self_pos_k_linear = nn.Linear(d, d)
         self.cross_pos_q_linear = nn.Linear(d, d)
@@ -39,26 +49,30 @@ class SurrogateDecoder(nn.Module):
                          attention_dropout=cfg.attention_dropout, drop_path=r, eps=eps)
             for r in rates
         )
-        self.layer_norm = nn.LayerNorm(d, eps=eps)
+        self.layer_norm = LayerNorm(d, eps=eps)
         self.seg_rel_pos_table_list = nn.ModuleList(
             nn.Embedding((2 * s - 1) ** 2 + 3, heads) for _ in range(cfg.decoder_layers)
         )
         # The class table; also the (tied) output projection.
         self.seg_embed_tokens = nn.Embedding(num_classes, d)
         self.dropout = nn.Dropout(cfg.dropout)
+        self.bias_cache = BiasCache()
 
-    def seg_positions(self, grid: tuple[int, int]) -> Tensor:
+    def seg_positions(self, grid: tuple[int, int], anchor: Tensor | None = None) -> Tensor:
         """(1 + h*w, d) decoder positions: BOS row 0, then the seg grid resized to ``grid``."""
         s = self.cfg.seg_bucket_size
-        table = self.embed_seg_positions.weight
+        table = anchored(self.embed_seg_positions.weight, anchor)
         block = table[1:].reshape(s, s, -1).permute(2, 0, 1)
         cells = resize_grid(block, grid, always_resize=self.shape_agnostic).flatten(1).transpose(0, 1)
         return torch.cat([table[:1], cells], dim=0)
 
-    def seg_rel_bias(self, idx: int, grid: tuple[int, int]) -> Tensor:
+    def seg_rel_bias(self, idx: int, grid: tuple[int, int], anchor: Tensor | None = None) -> Tensor:
         """(H, T, T) relative bias; the grid block is resized, the BOS row and column are kept."""
         s = self.cfg.seg_bucket_size
-        table = self.seg_rel_pos_table_list[idx].weight
+        table = anchored(self.seg_rel_pos_table_list[idx].weight, anchor)
+        if anchor is not None and tuple(grid) == (s, s) and not self.shape_agnostic:
+            # Per-call bias on the seg grid: one gather with the official index instead of flips and unfolds.
+            return gather_columns(table.t(), seg_relative_index(s, table.device))
         n = (2 * s - 1) ** 2
         cells = relative_bias_on_grid(table, s, grid, s, always_resize=self.shape_agnostic)  # (H, N, N)
         heads, m = cells.shape[0], cells.shape[1]
@@ -68,29 +82,51 @@ class SurrogateDecoder(nn.Module):
         left = table[n + 1].view(heads, 1, 1).expand(heads, m, 1)
         return torch.cat([top, torch.cat([left, cells], dim=2)], dim=1)
 
-    def forward(self, enc: EncoderOutput, bos_embedding: Tensor) -> Tensor:
-        """Final-LN decoder states (B, 1 + h*w, d); the last position is the one the head drops."""
-        h, w = enc.grid
-        n = h * w
-        b = enc.out.shape[0]
-        x = torch.cat([bos_embedding.expand(b, 1, -1).to(enc.out.dtype), enc.out[:, :n]], dim=1)
-        x = self.dropout(self.layernorm_embedding(x))
+    def position_biases(self, enc: EncoderOutput, dtype: torch.dtype) -> tuple[list[Tensor], Tensor]:
+        """(per-layer self-attention biases with the causal mask, the cross-attention bias); built once per shape
+        at inference (see :mod:`.bias_cache`). The cross bias reads the encoder's positions: an entry is reused only
+        with the very position tensor it was built from (the encoder's own cache hands out the same one)."""
+        with full_precision(enc.pos.device):
+            if self.runtime_biases or not caching_allowed(self):
+                anchor = bias_anchor(enc.out) if self.runtime_biases else None
+                return self._position_biases(enc.grid, enc.pos, dtype, anchor)
+            key = (tuple(enc.grid), enc.pos.shape[1], dtype, str(enc.pos.device))
+            return self.bias_cache.get(key, self.parameters(),
+                                       lambda: self._position_biases(enc.grid, enc.pos, dtype), anchor=enc.pos)
 
-        tgt_pos = self.seg_pos_ln(self.seg_positions(enc.grid)).unsqueeze(0)
+    def _position_biases(self, grid: tuple[int, int], enc_pos: Tensor, dtype: torch.dtype,
+                         anchor: Tensor | None = None) -> tuple[list[Tensor], Tensor]:
+        n = grid[0] * grid[1]
+        tgt_pos = self.seg_pos_ln(self.seg_positions(grid, anchor)).unsqueeze(0)
         heads = self.cfg.heads
         self_abs = absolute_bias(self.self_pos_q_linear, self.self_pos_k_linear, tgt_pos, tgt_pos, heads,
                                  self.pos_scaling)
-        cross_bias = absolute_bias(self.cross_pos_q_linear, self.cross_pos_k_linear, tgt_pos, enc.pos, heads,
-                                   self.pos_scaling).to(x.dtype)
-        causal = torch.full((n + 1, n + 1), float("-inf"), device=x.device).triu(1)
-        for idx, layer in enumerate(self.layers):
-            self_bias = (self_abs + self.seg_rel_bias(idx, enc.grid) + causal).to(x.dtype)
+        cross = absolute_bias(self.cross_pos_q_linear, self.cross_pos_k_linear, tgt_pos, enc_pos, heads,
+                              self.pos_scaling).to(dtype)
+        causal = torch.full((n + 1, n + 1), float("-inf"), device=enc_pos.device).triu(1)
+        layers = [(self_abs + self.seg_rel_bias(i, grid, anchor) + causal).to(dtype) for i in range(len(self.layers))]
+        return layers, cross
+
+    def _load_from_state_dict(self, *args, **kwargs):  # noqa: ANN002, ANN003 - torch signature
+        self.bias_cache.clear()
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def forward(self, enc: EncoderOutput, bos_embedding: Tensor) -> Tensor:
+        """Final-LN decoder states (B, 1 + h*w, d); the last position is the one the head drops."""
+        n = enc.grid[0] * enc.grid[1]
+        b = enc.out.shape[0]
+        x = torch.cat([bos_embedding.expand(b, 1, -1).to(enc.out.dtype), enc.out[:, :n]], dim=1)
+        x = self.dropout(self.layernorm_embedding(x))
+        self_biases, cross_bias = self.position_biases(enc, x.dtype)
+        for layer, self_bias in zip(self.layers, self_biases):
             x = layer(x, enc.out, self_bias, cross_bias, enc.padding_mask)
         return self.layer_norm(x)
 
     def class_logits(self, features: Tensor, table: Tensor | None = None) -> Tensor:
         """(B, T, d) -> (B, T, M): <h, e_c> with the class table, no bias, no temperature. ``table`` (B, M, d):
-        one class table per sample instead of the model's (open-vocabulary adaptation)."""
-        if table is None:
-            return F.linear(features, self.seg_embed_tokens.weight.to(features.dtype))
-        return torch.bmm(features, table.to(features.dtype).transpose(1, 2))
+        one class table per sample instead of the model's (open-vocabulary adaptation). Always in fp32: the
+        logits of similar names differ in the third digit, which is all bf16 keeps (and this product is tiny)."""
+        with full_precision(features.device):
+            if table is None:
+                return F.linear(features.float(), self.seg_embed_tokens.weight.float())
+            return torch.bmm(features.float(), table.float().transpose(1, 2))

@@ -9,6 +9,18 @@ from torch import Tensor, nn
 from .attention import MultiheadAttention
 
 
+class LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` computed in fp32 whatever the input dtype: under bf16/fp16 autocast the NormFormer norms
+    read low-precision linear outputs, and a half-precision variance is the known transformer overflow. Same
+    parameters and names, and a no-op change for fp32 inputs (nothing extra is traced)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dtype == torch.float32:
+            return super().forward(x)
+        out = F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps)
+        return out.to(x.dtype)
+
+
 class DropPath(nn.Module):
     """Stochastic depth with a per-sample mask (identity in eval mode or at rate 0)."""
 
@@ -30,9 +42,9 @@ class _NormFormerBlock(nn.Module):
 
     def __init__(self, d_model: int, ffn_dim: int, dropout: float, drop_path: float, eps: float) -> None:
         super().__init__()
-        self.final_layer_norm = nn.LayerNorm(d_model, eps=eps)
+        self.final_layer_norm = LayerNorm(d_model, eps=eps)
         self.fc1 = nn.Linear(d_model, ffn_dim)
-        self.ffn_layernorm = nn.LayerNorm(ffn_dim, eps=eps)
+        self.ffn_layernorm = LayerNorm(ffn_dim, eps=eps)
         self.fc2 = nn.Linear(ffn_dim, d_model)
         self.dropout = nn.Dropout(dropout)
         self.drop_path = DropPath(drop_path)
@@ -53,8 +65,8 @@ class EncoderLayer(_NormFormerBlock):
                  attention_dropout: float, drop_path: float, eps: float) -> None:
         super().__init__(d_model, ffn_dim, dropout, drop_path, eps)
         self.self_attn = MultiheadAttention(d_model, heads, scale_factor, attention_dropout)
-        self.self_attn_layer_norm = nn.LayerNorm(d_model, eps=eps)
-        self.attn_ln = nn.LayerNorm(d_model, eps=eps)
+        self.self_attn_layer_norm = LayerNorm(d_model, eps=eps)
+        self.attn_ln = LayerNorm(d_model, eps=eps)
 
     def forward(self, x: Tensor, bias: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
         h = self.self_attn_layer_norm(x)
@@ -69,11 +81,11 @@ class DecoderLayer(_NormFormerBlock):
                  attention_dropout: float, drop_path: float, eps: float) -> None:
         super().__init__(d_model, ffn_dim, dropout, drop_path, eps)
         self.self_attn = MultiheadAttention(d_model, heads, scale_factor, attention_dropout)
-        self.self_attn_layer_norm = nn.LayerNorm(d_model, eps=eps)
-        self.self_attn_ln = nn.LayerNorm(d_model, eps=eps)
+        self.self_attn_layer_norm = LayerNorm(d_model, eps=eps)
+        self.self_attn_ln = LayerNorm(d_model, eps=eps)
         self.encoder_attn = MultiheadAttention(d_model, heads, scale_factor, attention_dropout)
-        self.encoder_attn_layer_norm = nn.LayerNorm(d_model, eps=eps)
-        self.cross_attn_ln = nn.LayerNorm(d_model, eps=eps)
+        self.encoder_attn_layer_norm = LayerNorm(d_model, eps=eps)
+        self.cross_attn_ln = LayerNorm(d_model, eps=eps)
 
     def forward(self, x: Tensor, memory: Tensor, self_bias: Tensor, cross_bias: Tensor,
                 memory_padding_mask: Tensor | None = None) -> Tensor:

@@ -150,3 +150,33 @@ def resize_grid(x: Tensor, size: tuple[int, int], always_resize: bool = False) -
     lead = x.shape[:-2]
     out = F.interpolate(x.reshape(-1, 1, *x.shape[-2:]), size=size, mode="bilinear", align_corners=False)
     return out.reshape(*lead, *size)
+
+
+def block_diagonal(a: Tensor, b: Tensor) -> Tensor:
+    """(H, n, n) and (H, m, m) -> (H, n + m, n + m) with zeros off the two diagonal blocks."""
+    heads, n, m = a.shape[0], a.shape[-1], b.shape[-1]
+    top = torch.cat([a, a.new_zeros(heads, n, m)], dim=2)
+    bottom = torch.cat([b.new_zeros(heads, m, n), b], dim=2)
+    return torch.cat([top, bottom], dim=1)
+
+
+def bias_anchor(x: Tensor) -> Tensor:
+    """A (1,) zero that depends on ``x`` (a per-call input of the graph), finite whatever ``x`` holds."""
+    return torch.nan_to_num(x.reshape(-1)[:1].detach().float() * 0.0, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def anchored(table: Tensor, anchor: Tensor | None) -> Tensor:
+    """``table + anchor``: the same values, but a graph runtime can no longer fold what is computed from it.
+
+    ONNX Runtime folds every subgraph whose inputs are constants at session creation. For the position biases
+    that means materialising each (heads, L, L) intermediate of every layer at once (14 GB at creation for
+    OFA-Base at 512 x 512) and keeping the folded biases (~0.7 GB, more than the weights of an INT8 model);
+    computed per call from their tables they cost a few small gathers and two matmuls per stack.
+    """
+    return table if anchor is None else table + anchor.to(table.dtype)
+
+
+def gather_columns(table: Tensor, index: Tensor) -> Tensor:
+    """(H, R) and an (n, m) index -> (H, n, m) with [h, i, j] = table[h, index[i, j]]: one ``Gather`` in ONNX
+    (``table[:, index]`` exports as GatherND, several times slower in ONNX Runtime)."""
+    return table.index_select(1, index.reshape(-1)).reshape(table.shape[0], *index.shape)

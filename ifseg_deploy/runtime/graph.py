@@ -19,14 +19,13 @@ class InferenceGraph(nn.Module):
 
     With ``refine_k`` > 1 the paper's kNN refinement runs on the raw ResNet features; ``labels_at_input=True``
     adds the bilinear upsampling to (H, W) and the argmax, returning int64 labels (B, H, W) as a second output.
-    ``shape_agnostic=True`` puts ``model`` in its trace-friendly mode (:meth:`SegOFA.set_shape_agnostic`), for a
-    dynamic-shape export; give it a copy of the model that only the export uses.
+    The ONNX exporter wraps a copy of the model prepared with :meth:`SegOFA.prepare_for_export`.
     """
 
     def __init__(self, model: SegOFA, refine_k: int = 3, refine_iters: int = 25,
-                 labels_at_input: bool = False, shape_agnostic: bool = False) -> None:
+                 labels_at_input: bool = False) -> None:
         super().__init__()
-        self.model = model.set_shape_agnostic(shape_agnostic) if shape_agnostic else model
+        self.model = model
         self.refine_k = refine_k
         self.refine_iters = refine_iters
         self.labels_at_input = labels_at_input

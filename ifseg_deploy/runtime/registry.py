@@ -16,7 +16,8 @@ from ..errors import BackendError, InputError
 if TYPE_CHECKING:
     from .backend import Backend
 
-__all__ = ["BACKENDS", "BACKEND_NAMES", "PRECISIONS", "BackendUnavailableError", "backend_factory", "load_backend"]
+__all__ = ["BACKENDS", "BACKEND_NAMES", "PRECISIONS", "TORCH_PRECISIONS", "DYNAMIC_INT8",
+           "BackendUnavailableError", "backend_factory", "load_backend"]
 
 #: backend name -> "module:class"
 BACKENDS: dict[str, str] = {
@@ -26,7 +27,12 @@ BACKENDS: dict[str, str] = {
 }
 BACKEND_NAMES: tuple[str, ...] = tuple(BACKENDS)
 #: the precisions an exported model file (and its metadata) can have
-PRECISIONS = ("fp32", "fp16", "int8")
+#: ONNX Runtime's dynamic INT8 (int8 weights, activations quantized per call): the CPU INT8 format
+DYNAMIC_INT8 = "int8-dynamic"
+#: what an exported file can be
+PRECISIONS = ("fp32", "fp16", "int8", DYNAMIC_INT8)
+#: what the torch backend computes in (autocast; fp32 is exact)
+TORCH_PRECISIONS = ("fp32", "bf16", "fp16")
 #: the pip extra that brings each backend's engine
 EXTRAS = {"onnxruntime": "onnx", "tensorrt": "trt"}
 

@@ -22,8 +22,9 @@ from ...errors import BackendError
 from ..backend import Backend, require_refinement
 from ..model_info import INPUT_NAME, PROBS_NAME, MetadataError, ModelInfo, read_info
 from .ort_providers import CPU_EP, CUDA_EP, TRT_EP, device_id, providers_for
+from .ort_session import OrtSessionSettings, release_freed_memory
 
-__all__ = ["CPU_EP", "CUDA_EP", "TRT_EP", "OrtBackend"]
+__all__ = ["CPU_EP", "CUDA_EP", "TRT_EP", "OrtBackend", "OrtSessionSettings"]
 
 
 class OrtBackend(Backend):
@@ -31,7 +32,8 @@ class OrtBackend(Backend):
 
     name = "onnxruntime"
 
-    def __init__(self, session: Any, info: ModelInfo, path: Path | None = None, session_options: Any = None) -> None:
+    def __init__(self, session: Any, info: ModelInfo, path: Path | None = None, session_options: Any = None,
+                 settings: OrtSessionSettings | None = None) -> None:
         self.session = session
         self.info = info
         self.path = path
@@ -42,6 +44,8 @@ class OrtBackend(Backend):
         self.providers = list(session.get_providers())
         self.device = "cuda" if any(p in (TRT_EP, CUDA_EP) for p in self.providers) else "cpu"
         self.session_options = session_options
+        self.settings = settings
+        self._trim_after_run = settings is not None and settings.trim_after_load
         inputs = [i.name for i in session.get_inputs()]
         if INPUT_NAME not in inputs or PROBS_NAME not in [o.name for o in session.get_outputs()]:
             raise MetadataError(f"{path or 'the model'} has inputs {inputs}; expected {INPUT_NAME!r} -> "
@@ -54,7 +58,8 @@ class OrtBackend(Backend):
     def from_file(cls, path: str | Path, *, device: str | None = None, refinement: tuple[int, int] | None = None,
                   providers: Sequence[str] | None = None, provider_options: dict[str, dict[str, Any]] | None = None,
                   fp16: bool = False, trt_cache_dir: str | Path | None = None, trt_workspace_bytes: int = 1 << 30,
-                  threads: int | None = None, session_options: Any = None) -> OrtBackend:
+                  threads: int | None = None, session_options: Any = None,
+                  settings: OrtSessionSettings | None = None) -> OrtBackend:
         """Open an exported .onnx file; nothing else is needed beside it.
 
         ``device``: "cpu", "cuda[:N]", "tensorrt" or None/"auto" (see
@@ -65,14 +70,17 @@ class OrtBackend(Backend):
         ``trt_workspace_bytes``, fp16 when ``fp16`` (with LayerNorm kept in fp32), INT8 for Q/DQ models, and the
         shape profile of a dynamic export; for CUDA the device id. An explicitly asked GPU provider that fails
         to load is an error; with device None/"auto" the session falls back to what works.
+        ``settings`` (:class:`OrtSessionSettings`: threads, spinning, optimisation level, memory arena) or just
+        ``threads``: the session options, all set explicitly; ``session_options``: a base to set them on.
         """
         import onnxruntime as ort
 
         path = check_artifact(path, "onnx")
-        opts = session_options or ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-        opts.log_severity_level = 3
+        if settings is None:
+            settings = OrtSessionSettings(threads=int(threads) if threads else None)
+        elif threads and settings.threads != threads:
+            raise ValueError(f"threads={threads} but settings.threads={settings.threads}: give one of them")
+        opts = settings.session_options(session_options or ort.SessionOptions())
         wanted = list(providers) if providers else providers_for(device)
         meta_info = read_info(path)
         require_refinement(path, tuple(meta_info.refinement), refinement)
@@ -91,7 +99,9 @@ class OrtBackend(Backend):
             raise BackendError(f"onnxruntime could not load {', '.join(missing)} for {path} (loaded: "
                                f"{', '.join(got)}){': ' + detail[1][:300] if len(detail) > 1 else ''}; check the "
                                "CUDA/cuDNN/TensorRT libraries that onnxruntime-gpu needs, or use device='cpu'")
-        return cls(session, meta_info, path, opts)
+        if settings.trim_after_load:
+            release_freed_memory()  # what building the session allocated and freed (see ort_session)
+        return cls(session, meta_info, path, opts, settings)
 
     @staticmethod
     def _provider_options(wanted: Sequence[str], info: ModelInfo, path: Path, device: str | None, fp16: bool,
@@ -130,6 +140,9 @@ class OrtBackend(Backend):
                              f"{x.shape[2]}x{x.shape[3]}; resize the image or export with --dynamic")
         step = self.max_batch or x.shape[0]
         parts = [self.session.run([PROBS_NAME], {INPUT_NAME: x[i:i + step]})[0] for i in range(0, x.shape[0], step)]
+        if self._trim_after_run:  # the first run's planning frees more than it keeps
+            self._trim_after_run = False
+            release_freed_memory()
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def close(self) -> None:
@@ -138,7 +151,8 @@ class OrtBackend(Backend):
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "path": str(self.path), "providers": self.providers,
                 "precision": self.info.precision, "input": self.info.input.describe(),
-                "refinement": list(self.refinement)}
+                "refinement": list(self.refinement),
+                "session": None if self.settings is None else self.settings.describe()}
 
     def __repr__(self) -> str:
         return (f"OrtBackend({self.path}, {self.info.precision}, {len(self.categories)} categories, providers="
