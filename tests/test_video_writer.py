@@ -143,7 +143,7 @@ def test_partial_file_from_an_interrupted_run_is_not_overwritten(tmp_path, frame
 def test_copy_strategy_needs_raw_support():
     if raw_copy_supported():
         pytest.skip("this OpenCV copies packets")
-    with pytest.raises(VideoEncoderError, match="4.10"):
+    with pytest.raises(VideoEncoderError, match="4.9"):
         VideoWriter("v.mp4", 10, strategy="copy")
 
 
@@ -212,7 +212,7 @@ def test_kill_leaves_a_playable_partial_file_that_recovers_into_the_mp4(tmp_path
     got, _, _ = read_back(partial)
     assert n // 2 <= len(got) <= n and got[0].shape == (240, 320, 3)
     frame_bytes = partial.stat().st_size / len(got)
-    assert (n - len(got)) * frame_bytes <= 256 * 1024 + 2 * frame_bytes  # lost: FFmpeg's unwritten buffer only
+    assert (n - len(got)) * frame_bytes <= 256 * 1024 + 3 * frame_bytes  # lost: FFmpeg's unwritten buffer only
     assert_same_frames(got[:-1], written)  # the last frame read may be the one the kill cut
     final, m = recover_partial(partial, reencode=strategy == "dual")
     assert final == path and m == len(got) - 1

@@ -4,14 +4,14 @@ MP4 keeps its index (the ``moov`` box) at the end, so an MP4 whose writer is kil
 and OpenCV's FFmpeg writer cannot be told to write fragmented MP4. So the frames go first into
 ``NAME.partial.avi``: MPEG-4 Part 2 video (fourcc ``mp4v``) in AVI, a container that needs nothing at its
 end: after a kill it plays up to the last data FFmpeg had handed to the system (FFmpeg buffers up to 256 KiB,
-about 7 frames of 1280x720), and its last frame may be cut. On a clean close (also after Ctrl-C or an error
+a few frames of 1280x720), and its last frame may be cut. On a clean close (also after Ctrl-C or an error
 in the ``with`` block) the packets are copied without re-encoding into the final file under a temporary name,
 which is then renamed over ``path``; only then is the partial file removed. :func:`recover_partial` turns a
 partial file left by a kill into the final file the same way.
 
-OpenCV older than 4.10 cannot copy packets (no ``VIDEOWRITER_PROP_RAW_VIDEO``): there the writer encodes every
-frame twice, into the partial file and into the final one (``strategy="dual"``), and :func:`recover_partial`
-re-encodes.
+OpenCV older than 4.9 (JetPack 5 and 6 ship 4.5 and 4.8) cannot copy packets (no ``VIDEOWRITER_PROP_RAW_VIDEO``):
+there the writer encodes every frame twice, into the partial file and into the final one (``strategy="dual"``),
+and :func:`recover_partial` re-encodes.
 """
 
 from __future__ import annotations
@@ -52,7 +52,9 @@ def partial_path(path: str | os.PathLike) -> Path:
 
 
 def raw_copy_supported() -> bool:
-    """Whether this OpenCV can write encoded packets as they are (4.10 and later)."""
+    """Whether this OpenCV can write encoded packets as they are (4.9 and later).
+
+    Its fix for B-frame timestamps (4.11) does not matter here: mp4v as OpenCV writes it has no B-frames."""
     return hasattr(import_cv2(), "VIDEOWRITER_PROP_RAW_VIDEO")
 
 
@@ -155,7 +157,7 @@ class VideoWriter:
     The size is the first frame's unless ``size`` (H, W) is given; a frame of another size is refused. An
     existing ``path`` is replaced only when the new video is complete. A partial file left by an interrupted
     run is refused unless ``overwrite`` (recover it first with :func:`recover_partial`). ``strategy``:
-    ``"copy"`` (packets copied on close; needs OpenCV >= 4.10) or ``"dual"`` (every frame encoded into both
+    ``"copy"`` (packets copied on close; needs OpenCV >= 4.9) or ``"dual"`` (every frame encoded into both
     files); default: ``"copy"`` where possible.
     """
 
@@ -173,7 +175,7 @@ class VideoWriter:
         if strategy not in ("copy", "dual"):
             raise VideoOutputError(f"strategy must be 'copy' or 'dual', got {strategy!r}")
         if strategy == "copy" and not raw_copy_supported():
-            raise VideoEncoderError("strategy 'copy' needs OpenCV 4.10 or later (VIDEOWRITER_PROP_RAW_VIDEO)")
+            raise VideoEncoderError("strategy 'copy' needs OpenCV 4.9 or later (VIDEOWRITER_PROP_RAW_VIDEO)")
         self.partial = partial_path(self.path)
         if self.partial.exists():
             if not overwrite:
@@ -294,7 +296,7 @@ def recover_partial(partial: str | os.PathLike, path: str | os.PathLike | None =
         if reencode is None:
             reencode = not (raw_copy_supported() and _is_mpeg4(partial))
         elif not reencode and not raw_copy_supported():
-            raise VideoEncoderError("copying packets needs OpenCV 4.10 or later (VIDEOWRITER_PROP_RAW_VIDEO)")
+            raise VideoEncoderError("copying packets needs OpenCV 4.9 or later (VIDEOWRITER_PROP_RAW_VIDEO)")
         n = _copy_video(partial, tmp, raw=not reencode, drop_last=True)
         if n == 0:
             raise VideoOutputError(f"{partial}: holds no complete frame: nothing to recover")
