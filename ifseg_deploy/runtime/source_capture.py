@@ -317,9 +317,9 @@ class GStreamerSource(_LiveSource):
                 "cv2.getBuildInformation()), so it cannot open pipelines. On a Jetson, use JetPack's OpenCV "
                 "(sudo apt install python3-opencv) and uninstall the opencv-python(-headless) wheel that hides "
                 "it; elsewhere, open a USB camera by index or /dev/videoN")
-        try:
-            cap = cv2.VideoCapture(pipeline, cv2.CAP_GSTREAMER, _timeouts(cv2, open_timeout, read_timeout))
-        except cv2.error:  # older GStreamer backends refuse the timeout parameters
+        cap = cv2.VideoCapture(pipeline, cv2.CAP_GSTREAMER, _timeouts(cv2, open_timeout, read_timeout))
+        if not cap.isOpened():  # a GStreamer backend without the timeout parameters refuses to open with them
+            cap.release()
             cap = cv2.VideoCapture(pipeline, cv2.CAP_GSTREAMER)
         if not cap.isOpened():
             cap.release()
