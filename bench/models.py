@@ -4,7 +4,7 @@
 seeded random weights (scaled so that activations keep a sensible range: ResNet and embedding matrices
 N(0, 1/fan_in), transformer matrices N(0, 4/fan_in), the token table N(0, 64/d), norm scales 1 + 0.1 N,
 biases 0.1 N), installs the IFSeg prompt for the category names and wraps it in an
-:class:`~ifseg_deploy.pretrained.AdaptedModel`. Its speed is that of the real model of the preset (same shapes,
+:class:`~ifseg_deploy.model_dir.AdaptedModel`. Its speed is that of the real model of the preset (same shapes,
 same ops); its labels mean nothing. The transformer's larger weights keep its output different from cell to
 cell (with N(0, 1/fan_in) a random OFA-Base predicts one class everywhere, and then a label agreement between
 two engines would say nothing); the synthetic world's model uses the same scale for its untrained transformer.
@@ -48,12 +48,13 @@ def default_categories(with_bpe: bool) -> list[str]:
 
 def random_adapted_model(preset: Any, categories: Sequence[str] | None = None, bpe_dir: str | Path | None = None,
                          seed: int = 0) -> Any:
-    """An :class:`~ifseg_deploy.pretrained.AdaptedModel` of ``preset`` (a preset name or an
+    """An :class:`~ifseg_deploy.model_dir.AdaptedModel` of ``preset`` (a preset name or an
     :class:`~ifseg_deploy.presets.OFAConfig`) with random weights (see the module doc)."""
+    from ifseg_deploy.model_dir import AdaptedModel
     from ifseg_deploy.modeling.init import SPEED_PROFILE, random_init_
+    from ifseg_deploy.modeling.position import max_text_tokens
     from ifseg_deploy.modeling.segofa import SegOFA
     from ifseg_deploy.presets import get_preset
-    from ifseg_deploy.pretrained import AdaptedModel
     from ifseg_deploy.tokenizer import OFATokenizer
 
     if bpe_dir is not None:
@@ -65,6 +66,7 @@ def random_adapted_model(preset: Any, categories: Sequence[str] | None = None, b
     names = [c.strip() for c in (categories or default_categories(bpe_dir is not None))]
     base = get_preset(preset) if isinstance(preset, str) else preset
     arch = base.replace(vocab_rows=tokenizer.num_embeddings)
+    tokenizer.check_prompt_length(names, max_text_tokens(arch.max_source_positions))  # before building the model
     torch.manual_seed(seed)
     model = SegOFA(arch, num_classes=len(names))
     random_init_(model, seed, SPEED_PROFILE)

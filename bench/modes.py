@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .common import load_average, machine_info
+from .system import load_average, machine_info
 
 
 def _wrap(mode: str, result: dict[str, Any], settings: dict[str, Any], command: str | None) -> dict[str, Any]:
@@ -69,7 +69,7 @@ def run_kernel(batch: int = 4, classes: int = 150, iters: int = 100, warmup: int
 
 
 def write_mode_outputs(report: dict[str, Any], out: str | Path) -> dict[str, str]:
-    from .report import adapt_markdown, kernel_markdown
+    from .render import adapt_markdown, kernel_markdown
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

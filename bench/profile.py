@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ def profile_ort(path: str | Path, pixels: np.ndarray, threads: int | None = None
     e.g. QLinearConv or MatMulIntegerToFloat for a Q/DQ model) of one run, after one untimed run."""
     import onnxruntime as ort
 
-    from ifseg_deploy.export.metadata import INPUT_NAME, PROBS_NAME
+    from ifseg_deploy.runtime.model_info import INPUT_NAME, PROBS_NAME
 
     with tempfile.TemporaryDirectory() as tmp:
         opts = ort.SessionOptions()
@@ -81,6 +82,36 @@ def profile_ort(path: str | Path, pixels: np.ndarray, threads: int | None = None
         totals[op][0] += e["dur"] / 1e3
         totals[op][1] += 1
     return {"profiler": "onnxruntime", "wall_ms": last["dur"] / 1e3, "ops": _top(totals, last["dur"] / 1e3, top)}
+
+
+def profile_rows(rows: list[Any], loaded: dict[tuple, Any], segmenters: dict[tuple, Any],
+                 images: dict[tuple[int, int], np.ndarray], threads: int, echo: Callable[[str], None]
+                 ) -> list[dict[str, Any]]:
+    """One profiled model-only call per measured (backend, file, size) of an inference run (its
+    :class:`~.variants.Row` s), at the smallest batch."""
+    out: list[dict[str, Any]] = []
+    seen: set = set()
+    for row in sorted((r for r in rows if r.ok), key=lambda r: r.batch):
+        if (row.key, row.size) in seen:
+            continue
+        seen.add((row.key, row.size))
+        backend = loaded[row.key].backend
+        seg = segmenters[(row.key, row.size)]
+        pixels = np.stack([seg.preprocess(images[row.size])] * row.batch)
+        name = f"{row.name} {row.size[0]}x{row.size[1]} batch {row.batch}"
+        echo(f"profiling {name}")
+        try:
+            if row.backend == "torch":
+                prof = profile_torch(backend, pixels)
+            elif row.backend == "onnxruntime":
+                prof = profile_ort(row.source, pixels, threads, list(getattr(backend, "providers", None) or []))
+            else:
+                prof = {"profiler": None, "wall_ms": 0.0, "ops": [],
+                        "note": "not profiled here: use trtexec --dumpProfile or Nsight Systems for engines"}
+        except Exception as e:  # noqa: BLE001 - a profile is a diagnostic, never a reason to fail the run
+            prof = {"profiler": None, "wall_ms": 0.0, "ops": [], "note": f"failed: {type(e).__name__}: {e}"[:300]}
+        out.append({"variant": name, **prof})
+    return out
 
 
 def profile_markdown(profiles: list[dict[str, Any]]) -> str:

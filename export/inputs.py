@@ -1,6 +1,6 @@
 """Images for the export checks: parity inputs and calibration batches, preprocessed as the runtime does.
 
-The preprocessing is the :class:`~ifseg_deploy.runtime.segmenter.Segmenter`'s own (``runtime/preprocess.py``):
+The preprocessing is the :class:`~ifseg_deploy.runtime.segmenter.Segmenter`'s own (:mod:`ifseg_deploy.preprocessing`):
 the keep-ratio resize (short side 512, long side at most 2048) for a dynamic-shape model, or a stretch to the
 one accepted size for a fixed-shape model (what ``Segmenter.input_size`` does), then RGB / 255, (x - 0.5) / 0.5.
 Calibrating on exactly what the deployed model will see is what makes the INT8 scales right.
@@ -9,13 +9,13 @@ Calibrating on exactly what the deployed model will see is what makes the INT8 s
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from .spec import InputSpec, Size, grid_cells
+from ifseg_deploy.preprocessing import PreprocessConfig, preprocess
+from ifseg_deploy.runtime.input_spec import InputSpec, Size, grid_cells
 
 #: skimage.data photos used for parity when scikit-image is installed (all ship inside its wheel).
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry")
@@ -23,22 +23,11 @@ SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field
 MAX_PARITY_CELLS = 4096
 
 
-def runtime_size(height: int, width: int, preprocessing: dict[str, Any], fixed: Size | None) -> Size:
+def runtime_size(height: int, width: int, preprocessing: PreprocessConfig, fixed: Size | None) -> Size:
     """(H', W') the Segmenter feeds the model for an (H, W) image."""
-    from ifseg_deploy.runtime.preprocess import resized_size
-
     if fixed is not None:
         return int(fixed[0]), int(fixed[1])
-    return resized_size(height, width, preprocessing.get("short_side", 512), preprocessing.get("max_long_side", 2048))
-
-
-def preprocess(rgb: np.ndarray, preprocessing: dict[str, Any], size: Size) -> np.ndarray:
-    """(H, W, 3) uint8 -> (3, H', W') float32 at ``size``, as the Segmenter normalises."""
-    from ifseg_deploy.runtime.preprocess import normalize, resize_image
-
-    mean = preprocessing.get("mean", (0.5, 0.5, 0.5))
-    std = preprocessing.get("std", (0.5, 0.5, 0.5))
-    return normalize(resize_image(rgb, size), mean, std)
+    return preprocessing.input_size(height, width)
 
 
 def synthetic_photos(n: int, seed: int = 0, size: Size = (480, 640)) -> list[np.ndarray]:
@@ -101,7 +90,7 @@ def parity_sizes(spec: InputSpec) -> list[Size]:
     return sizes
 
 
-def parity_inputs(spec: InputSpec, preprocessing: dict[str, Any], n_images: int = 4, seed: int = 0
+def parity_inputs(spec: InputSpec, preprocessing: PreprocessConfig, n_images: int = 4, seed: int = 0
                   ) -> tuple[list[np.ndarray], str]:
     """Normalised (B, 3, H, W) batches covering :func:`parity_sizes`, at least ``n_images`` images in all,
     and one batch of two where the model takes batches. Returns the batches and a description of the data."""
@@ -120,26 +109,46 @@ def parity_inputs(spec: InputSpec, preprocessing: dict[str, Any], n_images: int 
     return batches, source
 
 
-def calibration_batch(paths: Sequence[Path], preprocessing: dict[str, Any], spec: InputSpec) -> np.ndarray:
+class CalibrationError(ValueError):
+    """Too few usable calibration images; the message gives the counts and names the unreadable files."""
+
+
+def calibration_batch(paths: Sequence[Path], preprocessing: PreprocessConfig, spec: InputSpec, *,
+                      min_images: int = 1, warn: Callable[[str], None] | None = None) -> np.ndarray:
     """(N, 3, H, W) float32 calibration data from image files, at one size.
 
     A fixed-shape model gets its size (stretched, as the Segmenter does). A dynamic-shape model is calibrated
     at its opt size: each image is resized by the runtime rule and then centre-cropped (or edge-padded) to
     opt, so objects keep the scale they have at run time; activation ranges do not depend on the grid size.
+
+    A file that cannot be read (empty, truncated, not an image) is skipped, and ``warn`` is told which and why;
+    :class:`CalibrationError` when fewer than ``min_images`` readable images remain.
     """
-    from ifseg_deploy.runtime.images import load_image
+    from ifseg_deploy.runtime.images import ImageLoadError, load_image
 
     if not paths:
-        raise ValueError("no calibration images")
+        raise CalibrationError("no calibration images")
     out = np.empty((len(paths), 3, *spec.opt_size), dtype=np.float32)
-    for i, p in enumerate(paths):
-        rgb = load_image(p)
+    n, unreadable = 0, []
+    for p in paths:
+        try:
+            rgb = load_image(p)
+        except ImageLoadError as e:
+            unreadable.append(Path(p))
+            if warn is not None:
+                warn(f"warning: skipping unreadable calibration image {e}")
+            continue
         if spec.is_dynamic:
             x = preprocess(rgb, preprocessing, runtime_size(*rgb.shape[:2], preprocessing, None))
-            out[i] = _crop_or_pad(x, spec.opt_size)
+            out[n] = _crop_or_pad(x, spec.opt_size)
         else:
-            out[i] = preprocess(rgb, preprocessing, spec.opt_size)
-    return out
+            out[n] = preprocess(rgb, preprocessing, spec.opt_size)
+        n += 1
+    if n < min_images:
+        skipped = f"; unreadable: {', '.join(str(p) for p in unreadable)}" if unreadable else ""
+        raise CalibrationError(f"only {n} of the {len(paths)} calibration image(s) could be read, fewer than the "
+                               f"{min_images} required (--calib-min){skipped}")
+    return out[:n]
 
 
 def _crop_or_pad(x: np.ndarray, size: Size) -> np.ndarray:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
 import warnings
@@ -32,7 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from .metadata import INPUT_NAME, ModelInfo, read_metadata, write_metadata
+from ifseg_deploy.errors import QualityError
+from ifseg_deploy.runtime.model_info import INPUT_NAME, ModelInfo, read_metadata, write_metadata
+
 from .parity import REDUCED_AGREEMENT, ParityReport, check, compare, ort_probs
 
 log = logging.getLogger(__name__)
@@ -44,7 +47,7 @@ EXCLUDED_OP_TYPES = PRECISION_SENSITIVE + ("Add", "Resize")
 CALIBRATION_METHODS = ("entropy", "max")
 
 
-class QuantizationError(RuntimeError):
+class QuantizationError(QualityError):
     """Quantization failed or produced a graph that breaks the precision rules."""
 
 
@@ -156,15 +159,15 @@ def check_int8(fp32_onnx: str | Path, int8_onnx: str | Path, inputs: Sequence[np
     return check(report, min_agreement, max_miou_drop)
 
 
-def _miou(path: str | Path, dataset: Any, limit: int | None) -> float:
+def _miou(path: str | Path, dataset: Any, limit: int | None) -> float | None:
+    """mIoU of the exported model on ``dataset``; None where it is undefined (no labelled pixel to score)."""
     from ifseg_deploy.evaluation.evaluate import evaluate
+    from ifseg_deploy.runtime.backends.onnxruntime import OrtBackend
     from ifseg_deploy.runtime.segmenter import Segmenter
-
-    from .ort_backend import OrtBackend
 
     with Segmenter(OrtBackend.from_file(path, providers=["CPUExecutionProvider"])) as seg:
         value = evaluate(seg, dataset, limit=limit, progress=False)["mIoU"]
-    return float("nan") if value is None else float(value)
+    return None if value is None or not math.isfinite(value) else float(value)
 
 
 def _modelopt_version() -> str:

@@ -27,9 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .metadata import INPUT_NAME, LABELS_NAME, PROBS_NAME, ModelInfo, write_metadata
+from ifseg_deploy.atomic import publish
+from ifseg_deploy.errors import BackendError
+from ifseg_deploy.runtime.input_spec import InputSpec
+from ifseg_deploy.runtime.model_info import INPUT_NAME, LABELS_NAME, PROBS_NAME, ModelInfo, write_metadata
+
 from .parity import FP32_AGREEMENT, ParityReport, check, compare, ort_probs, torch_reference
-from .spec import InputSpec
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +49,7 @@ MAX_SINGLE_FILE_BYTES = 2**31 - 2**20
 FOLD_LIMIT_BYTES = 4 * 2**20
 
 
-class ExportError(RuntimeError):
+class ExportError(BackendError):
     """The export could not produce a valid file (nothing was written at the output path)."""
 
 
@@ -159,7 +162,7 @@ def export_onnx(adapted: Any, out: str | Path, spec: InputSpec, *, refine: bool 
                 opset: int = DEFAULT_OPSET, simplify_graph: bool = True, min_agreement: float = FP32_AGREEMENT,
                 parity_images: int = 4, overwrite: bool = False, echo: Callable[[str], None] = _echo
                 ) -> ExportResult:
-    """Export ``adapted`` (an :class:`~ifseg_deploy.pretrained.AdaptedModel`) to ``out``.
+    """Export ``adapted`` (an :class:`~ifseg_deploy.model_dir.AdaptedModel`) to ``out``.
 
     Raises :class:`ExportError` for an invalid export and :class:`~.parity.ParityError` when ONNX Runtime's
     labels agree with PyTorch's on fewer than ``min_agreement`` of the grid cells; in both cases nothing is
@@ -167,7 +170,6 @@ def export_onnx(adapted: Any, out: str | Path, spec: InputSpec, *, refine: bool 
     """
     import onnx
 
-    from ifseg_deploy.pretrained import DEFAULT_PREPROCESSING
     from ifseg_deploy.version import __version__
 
     out = Path(out)
@@ -182,7 +184,7 @@ def export_onnx(adapted: Any, out: str | Path, spec: InputSpec, *, refine: bool 
         raise ExportError(f"the model has {model_bytes(graph) / 2**30:.1f} GiB of weights; a single .onnx file "
                           "holds at most 2 GiB (protobuf). Export a smaller model size")
     refinement = (graph.refine_k, graph.refine_iters) if refine else (1, 0)
-    preprocessing = {**DEFAULT_PREPROCESSING, **(adapted.preprocessing or {})}
+    preprocessing = adapted.preprocessing
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -220,21 +222,10 @@ def export_onnx(adapted: Any, out: str | Path, spec: InputSpec, *, refine: bool 
                          "onnxruntime fp32 (CPU)", "PyTorch", source)
         echo(report.format())
         check(report, min_agreement)
-        _commit(candidate, out)
+        publish(candidate, out)
         echo(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
         return ExportResult(out, info, report)
     finally:
         import shutil
 
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def _commit(staged: Path, out: Path) -> None:
-    """fsync and rename into place: ``out`` is either the previous file or the complete new one."""
-    from ifseg_deploy.atomic import fsync_dir
-
-    with open(staged, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(staged, out)
-    fsync_dir(out.parent)
-

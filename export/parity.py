@@ -6,11 +6,14 @@ the ONNX on a GPU) and fails loudly below its threshold, so a broken export neve
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+
+from ifseg_deploy.errors import QualityError
 
 ProbsFn = Callable[[np.ndarray], np.ndarray]
 
@@ -20,7 +23,7 @@ FP32_AGREEMENT = 0.999
 REDUCED_AGREEMENT = 0.95
 
 
-class ParityError(RuntimeError):
+class ParityError(QualityError):
     """An exported model that does not reproduce its reference closely enough."""
 
     def __init__(self, message: str, report: ParityReport | None = None) -> None:
@@ -45,14 +48,20 @@ class ParityReport:
     #: :func:`ifseg_deploy.refine.tie_dependent_cells`), and the label agreement over all cells, ties included
     tie_cells: int = 0
     agreement_all: float | None = None
-    #: mIoU of reference and candidate on a labelled set, when one was given
-    miou: dict[str, float] = field(default_factory=dict)
+    #: mIoU of reference and candidate on a labelled set, when one was given (None: undefined on that set)
+    miou: dict[str, float | None] = field(default_factory=dict)
+
+    @property
+    def miou_undefined(self) -> list[str]:
+        """Which of "reference" / "candidate" were evaluated but have no mIoU (no labelled pixel to score)."""
+        return [k for k in ("reference", "candidate") if k in self.miou and not _defined(self.miou[k])]
 
     @property
     def miou_drop(self) -> float | None:
-        if "reference" not in self.miou or "candidate" not in self.miou:
+        ref, cand = self.miou.get("reference"), self.miou.get("candidate")
+        if ref is None or cand is None or self.miou_undefined:
             return None
-        return self.miou["reference"] - self.miou["candidate"]
+        return ref - cand
 
     def format(self) -> str:
         shapes = ", ".join("x".join(str(d) for d in s[2:]) + (f" (batch {s[0]})" if s[0] > 1 else "")
@@ -65,13 +74,21 @@ class ParityReport:
             lines.append(f"  ({self.tie_cells} more cell(s) average, directly or through the refinement's rounds, over "
                          "cells with (near-)tied neighbours, whose order no engine defines; counting them "
                          f"{100 * (self.agreement_all or 0):.3f}% agree)")
-        if self.miou_drop is not None:
-            lines.append(f"  mIoU: {100 * self.miou['reference']:.2f} -> {100 * self.miou['candidate']:.2f} "
-                         f"({-100 * self.miou_drop:+.2f} points)")
+        if self.miou_undefined:
+            lines.append("  mIoU: undefined for the " + " and the ".join(self.miou_undefined)
+                         + " (no labelled pixel of the model's classes in the evaluation images)")
+        elif (drop := self.miou_drop) is not None:
+            ref, cand = self.miou["reference"], self.miou["candidate"]
+            assert ref is not None and cand is not None  # a drop exists only between two defined values
+            lines.append(f"  mIoU: {100 * ref:.2f} -> {100 * cand:.2f} ({-100 * drop:+.2f} points)")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _defined(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
 
 
 def compare(candidate: ProbsFn, reference: ProbsFn, inputs: Sequence[np.ndarray], candidate_name: str,
@@ -118,7 +135,13 @@ def check(report: ParityReport, min_agreement: float, max_miou_drop: float | Non
         problems.append(f"label agreement {100 * report.agreement:.3f}% is below the required "
                         f"{100 * min_agreement:.3f}%")
     drop = report.miou_drop
-    if max_miou_drop is not None and drop is not None and drop > max_miou_drop:
+    if max_miou_drop is not None and report.miou_undefined:
+        # NaN > limit is False: without this an undefined mIoU would pass the gate unchecked.
+        names = " and the ".join({"reference": report.reference, "candidate": report.candidate}[k]
+                                 for k in report.miou_undefined)
+        problems.append(f"the mIoU of the {names} is undefined on the evaluation set (it has no labelled pixel of "
+                        "the model's classes: every pixel is ignored), so the mIoU drop cannot be checked")
+    elif max_miou_drop is not None and drop is not None and drop > max_miou_drop:
         problems.append(f"mIoU drops by {100 * drop:.2f} points, more than the allowed {100 * max_miou_drop:.2f}")
     if problems:
         raise ParityError(f"{report.candidate} does not match {report.reference}: " + "; ".join(problems)
@@ -174,7 +197,7 @@ def ort_probs(path: str, providers: Sequence[str] = ("CPUExecutionProvider",)) -
     """ONNX Runtime probabilities of an exported file (the ``probs`` output only)."""
     import onnxruntime as ort
 
-    from .metadata import INPUT_NAME, PROBS_NAME
+    from ifseg_deploy.runtime.model_info import INPUT_NAME, PROBS_NAME
 
     options = ort.SessionOptions()
     options.log_severity_level = 3

@@ -17,8 +17,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .engine_cache import EngineCache, EngineKey, sha256_file
-from .metadata import INPUT_NAME, ModelInfo
+from ifseg_deploy.errors import BackendError
+from ifseg_deploy.runtime.backends.tensorrt import (
+    TensorRTUnavailableError,
+    device_environment,
+    import_pycuda,
+    import_tensorrt,
+)
+from ifseg_deploy.runtime.engine_file import EngineEnvironment, EngineKey, sha256_file
+from ifseg_deploy.runtime.model_info import INPUT_NAME, ModelInfo
+
+from .engine_cache import EngineCache
+
+__all__ = ["BuildOptions", "EngineBuildError", "TensorRTUnavailableError", "build_engine", "build_or_load",
+           "device_environment", "engine_for", "import_pycuda", "import_tensorrt"]
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -31,51 +43,8 @@ DEFAULT_WORKSPACE = 1 << 30
 HEARTBEAT_SECONDS = 30.0
 
 
-class TensorRTUnavailableError(RuntimeError):
-    """TensorRT (or pycuda, or a CUDA GPU) is missing."""
-
-
-class EngineBuildError(RuntimeError):
+class EngineBuildError(BackendError):
     """TensorRT could not build an engine."""
-
-
-def import_tensorrt() -> Any:
-    """The ``tensorrt`` module, or :class:`TensorRTUnavailableError` saying how to get it."""
-    try:
-        import tensorrt
-    except ImportError as e:
-        raise TensorRTUnavailableError(
-            f"TensorRT is not installed ({e}). On a Jetson it comes with JetPack (python3-libnvinfer); on an x86 "
-            "host: pip install 'ifseg-deploy[trt]'. Without TensorRT, export --format onnx and build the engine "
-            "on the device") from None
-    major = int(str(tensorrt.__version__).split(".")[0])
-    if major < 10:
-        raise TensorRTUnavailableError(f"TensorRT {tensorrt.__version__} is too old; ifseg-deploy needs TensorRT >= 10")
-    return tensorrt
-
-
-def import_pycuda() -> Any:
-    try:
-        import pycuda.driver as cuda
-    except ImportError as e:
-        raise TensorRTUnavailableError(f"pycuda is not installed ({e}): pip install pycuda") from None
-    try:
-        cuda.init()
-        if cuda.Device.count() < 1:
-            raise TensorRTUnavailableError("no CUDA GPU is visible")
-    except cuda.Error as e:
-        raise TensorRTUnavailableError(f"CUDA is not usable here: {e}") from None
-    return cuda
-
-
-def device_environment(device_index: int = 0) -> dict[str, str]:
-    """TensorRT version, GPU name and compute capability: the machine half of an :class:`EngineKey`."""
-    version = import_tensorrt().__version__
-    cuda = import_pycuda()
-    dev = cuda.Device(device_index)
-    major, minor = dev.compute_capability()
-    return {"tensorrt_version": str(version), "gpu_name": str(dev.name()),
-            "compute_capability": f"{major}.{minor}"}
 
 
 @dataclass
@@ -95,10 +64,9 @@ class BuildOptions:
                 "fp32_pins": pins if self.pin_fp32 and self.precision != "fp32" else None}
 
 
-def engine_key(onnx_path: str | Path, info: ModelInfo, options: BuildOptions, env: dict[str, str]) -> EngineKey:
-    return EngineKey.create(sha256_file(onnx_path), env["tensorrt_version"], env["gpu_name"],
-                            env["compute_capability"], options.precision, info.input.shapes(),
-                            options.key_options())
+def engine_key(onnx_path: str | Path, info: ModelInfo, options: BuildOptions, env: EngineEnvironment) -> EngineKey:
+    return EngineKey.create(sha256_file(onnx_path), env.tensorrt_version, env.gpu_name, env.compute_capability,
+                            options.precision, info.input.shapes(), options.key_options())
 
 
 def check_precision(info: ModelInfo, precision: str) -> None:
@@ -274,6 +242,7 @@ def build_or_load(onnx_path: str | Path, info: ModelInfo, options: BuildOptions,
                   device_index: int = 0, rebuild: bool = False, echo: Echo = log.info
                   ) -> tuple[bytes, EngineKey, Path]:
     """The cached engine for this model, precision, profile and machine, built first if absent or stale."""
+    check_precision(info, options.precision)
     env = device_environment(device_index)
     key = engine_key(onnx_path, info, options, env)
     if not rebuild:
@@ -281,7 +250,7 @@ def build_or_load(onnx_path: str | Path, info: ModelInfo, options: BuildOptions,
         if hit is not None:
             echo(f"using the cached engine {cache.path_for(key)}")
             return hit[0], key, cache.path_for(key)
-    tc = cache.timing_cache_path(env["tensorrt_version"], env["compute_capability"], env["gpu_name"])
+    tc = cache.timing_cache_path(env.tensorrt_version, env.compute_capability, env.gpu_name)
     tc.parent.mkdir(parents=True, exist_ok=True)
     plan = build_engine(onnx_path, info, options, tc, echo)
     path = cache.store(key, plan, _engine_metadata(info, options))
@@ -293,3 +262,18 @@ def _engine_metadata(info: ModelInfo, options: BuildOptions) -> dict[str, str]:
     props = info.to_props()
     props["ifseg.precision"] = options.precision
     return props
+
+
+def engine_for(onnx_path: str | Path, precision: str | None = None, *, cache_dir: str | Path | None = None,
+               device: str | int | None = None, rebuild: bool = False, workspace_bytes: int = DEFAULT_WORKSPACE,
+               echo: Echo = log.info) -> Path:
+    """The engine file for an exported .onnx on this GPU, from the engine cache (built first if absent or stale:
+    minutes on a Jetson). ``precision`` fp16 by default, int8 for a Q/DQ file. Returns the cached engine's path;
+    load it with the tensorrt backend (its sidecar is beside it)."""
+    from ifseg_deploy.devices import cuda_index
+    from ifseg_deploy.runtime.model_info import read_info
+
+    info = read_info(onnx_path)
+    prec = precision or ("int8" if info.precision == "int8" else "fp16")
+    options = BuildOptions(prec, workspace_bytes)
+    return build_or_load(onnx_path, info, options, EngineCache(cache_dir), cuda_index(device), rebuild, echo)[2]

@@ -11,7 +11,7 @@ from typing import Any
 from .version import __version__
 
 _EXPORTS = {
-    "AdaptedModel": "ifseg_deploy.pretrained",
+    "AdaptedModel": "ifseg_deploy.model_dir",
     "SegOFA": "ifseg_deploy.modeling.segofa",
     "OFAConfig": "ifseg_deploy.presets",
     "PRESETS": "ifseg_deploy.presets",

@@ -1,4 +1,12 @@
-"""Atomic writes: a file or directory appears complete under its final name, or not at all."""
+"""Atomic writes: a file or directory appears complete under its final name, or not at all.
+
+Everything is first written under a hidden temporary name in the target's folder (``.NAME.XXXX.tmp`` for a
+file, ``.NAME.tmp-XXXX`` for a directory), fsynced, and renamed over the target in one step. A failure removes
+the temporary; a hard kill (SIGKILL, power loss) can leave it behind, hidden and never under the target's name,
+and an existing target keeps its old, complete content until the rename. (Replacing an existing *directory*
+takes two renames, old aside then new in: a kill between those two leaves the old one in a hidden
+``.NAME.old-XXXX/`` folder and none under the name.)
+"""
 
 from __future__ import annotations
 
@@ -20,24 +28,58 @@ def fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-@contextlib.contextmanager
-def _replacing(path: str | Path) -> Iterator[BinaryIO]:
-    """A binary file handle on a temporary file beside ``path``; on success it is fsynced and renamed over
-    ``path``, on failure removed."""
-    path = Path(path)
+def _open_temp(path: Path) -> tuple[int, Path]:
+    """A new hidden file beside ``path`` (the one place a write starts)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    return fd, Path(tmp)
+
+
+@contextlib.contextmanager
+def _staging(path: str | Path) -> Iterator[tuple[BinaryIO, Path]]:
+    """A binary handle on a temporary file beside ``path`` and its name; fsynced when the block ends, removed
+    if it raises."""
+    fd, tmp = _open_temp(Path(path))
     try:
         with os.fdopen(fd, "wb") as f:
-            yield f
+            yield f, tmp
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def publish(staged: str | Path, path: str | Path) -> None:
+    """Rename a complete ``staged`` file (beside ``path``) over ``path`` in one step, durably: the file is fsynced
+    first (writers that produced it with plain writes need not have), the rename after."""
+    try:
+        with open(staged, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(staged, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staged)
+        raise
+    fsync_dir(Path(path).parent)
+
+
+@contextlib.contextmanager
+def _replacing(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary file handle on a temporary file beside ``path``; on success it is fsynced and renamed over
+    ``path``, on failure removed."""
+    with _staging(path) as (f, tmp):
+        yield f
+    publish(tmp, path)
+
+
+def write_staged(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to a hidden temporary file beside ``path`` and fsync it; returns that file, to be renamed
+    into place with :func:`publish` (for several files that should change together)."""
+    with _staging(path) as (f, tmp):
+        f.write(data)
+    return tmp
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -50,15 +50,8 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, *, cache_dir
              overwrite: bool = False, progress: bool = True, echo: Echo = print) -> dict:
     """Run the demo into ``out`` and return the report (also written as ``report.json`` and ``report.md``)."""
     import torch
-    from PIL import Image
 
-    from .adapt import AdaptConfig, adapt
-    from .evaluation.evaluate import evaluate
-    from .pretrained import AdaptedModel
-    from .runtime.segmenter import Segmenter
-    from .runtime.visualize import label_image, overlay, png_bytes
     from .synthetic import build_or_load_world_model
-    from .synthetic.dataset import SyntheticDataset
     from .synthetic.world import SyntheticScenes
 
     s = settings or DemoSettings()
@@ -77,12 +70,7 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, *, cache_dir
     echo(f"[2/5] adapting to {len(categories)} category names ({', '.join(categories)}), {s.steps} steps, "
          "no images")
     t = time.perf_counter()
-    grid = s.scene_size // 16
-    model_dir = out / "model"
-    cfg = AdaptConfig(steps=s.steps, batch_size=s.batch_size, lr=s.lr, wordmap_size=grid, grid_max=grid,
-                      target_size=s.scene_size, log_every=20, checkpoint_every=max(50, s.steps // 4))
-    adapt(checkpoint, categories, model_dir, cfg, overwrite=True, progress=progress,
-          preprocessing={"short_side": s.scene_size})
+    model_dir = _adapt(checkpoint, categories, out / "model", s, progress)
     timings["adapt_s"] = time.perf_counter() - t
 
     echo("[3/5] exporting ONNX fp32 and INT8 (calibrated on unlabeled scenes)")
@@ -92,26 +80,79 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, *, cache_dir
 
     echo(f"[4/5] measuring mIoU on {s.eval_scenes} held-out scenes")
     t = time.perf_counter()
-    dataset = SyntheticDataset(s.eval_scenes, s.scene_size)
-    unadapted = AdaptedModel.from_ofa(checkpoint, categories)
-    unadapted.preprocessing["short_side"] = s.scene_size
-    variants = {
-        "unadapted (torch)": lambda: Segmenter.from_model(unadapted),
-        "adapted (torch)": lambda: Segmenter.from_pretrained(model_dir),
-        "adapted (ONNX Runtime fp32)": lambda: Segmenter.from_pretrained(onnx_fp32, backend="onnxruntime"),
-        "adapted (ONNX Runtime INT8)": lambda: Segmenter.from_pretrained(onnx_int8, backend="onnxruntime"),
+    segmenters = _segmenters(checkpoint, categories, model_dir, onnx_fp32, onnx_int8, s)
+    try:
+        results = _measure(segmenters, s, echo)
+        timings["evaluate_s"] = time.perf_counter() - t
+        echo("[5/5] overlays and report")
+        pictures = _pictures(out, segmenters, categories, s)
+    finally:
+        for seg in segmenters.values():
+            seg.close()
+
+    timings["total_s"] = time.perf_counter() - t0
+    report = {
+        "categories": categories, "settings": s.__dict__, "world_checkpoint": str(checkpoint),
+        "model_dir": str(model_dir), "onnx_fp32": str(onnx_fp32), "onnx_int8": str(onnx_int8),
+        "chance_bound": 1.5 / len(categories), "results": results, "timings": timings, "pictures": pictures,
+        "torch_threads": torch.get_num_threads(),
     }
-    results, segmenters = {}, {}
-    for name, make in variants.items():
-        seg = make()
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out / "report.md", render_markdown(report))
+    echo(f"wrote {out / 'report.md'} ({timings['total_s']:.0f} s)")
+    return report
+
+
+def _adapt(checkpoint: Path, categories: list[str], model_dir: Path, s: DemoSettings, progress: bool) -> Path:
+    """Adapt through the real ``adapt`` code path, at the scenes' size (no image is seen)."""
+    from .adapt import AdaptConfig, adapt
+
+    grid = s.scene_size // 16
+    cfg = AdaptConfig(steps=s.steps, batch_size=s.batch_size, lr=s.lr, wordmap_size=grid, grid_max=grid,
+                      target_size=s.scene_size, log_every=20, checkpoint_every=max(50, s.steps // 4))
+    adapt(checkpoint, categories, model_dir, cfg, overwrite=True, progress=progress,
+          preprocessing={"short_side": s.scene_size})
+    return model_dir
+
+
+def _segmenters(checkpoint: Path, categories: list[str], model_dir: Path, onnx_fp32: Path, onnx_int8: Path,
+                s: DemoSettings) -> dict:
+    """The four variants the report compares, by name."""
+    from .model_dir import AdaptedModel
+    from .runtime.segmenter import Segmenter
+
+    unadapted = AdaptedModel.unadapted_from_ofa(checkpoint, categories)
+    unadapted.preprocessing = unadapted.preprocessing.replace(short_side=s.scene_size)
+    return {
+        "unadapted (torch)": Segmenter.from_model(unadapted),
+        "adapted (torch)": Segmenter.from_pretrained(model_dir),
+        "adapted (ONNX Runtime fp32)": Segmenter.from_pretrained(onnx_fp32, backend="onnxruntime"),
+        "adapted (ONNX Runtime INT8)": Segmenter.from_pretrained(onnx_int8, backend="onnxruntime"),
+    }
+
+
+def _measure(segmenters: dict, s: DemoSettings, echo: Echo) -> dict:
+    """mIoU / mAcc / aAcc of each variant on held-out scenes."""
+    from .evaluation.evaluate import evaluate
+    from .synthetic.dataset import SyntheticDataset
+
+    dataset = SyntheticDataset(s.eval_scenes, s.scene_size)
+    results = {}
+    for name, seg in segmenters.items():
         report = evaluate(seg, dataset, progress=False)
         results[name] = {"mIoU": report["mIoU"], "mAcc": report["mAcc"], "aAcc": report["aAcc"],
                          "seconds": report["seconds"], "refinement": report["model"]["refinement"]}
-        segmenters[name] = seg
         echo(f"  {name:30s} mIoU {report['mIoU']:.3f}")
-    timings["evaluate_s"] = time.perf_counter() - t
+    return results
 
-    echo("[5/5] overlays and report")
+
+def _pictures(out: Path, segmenters: dict, categories: list[str], s: DemoSettings) -> list[dict]:
+    """Overlays of unseen scenes: truth, unadapted, adapted and INT8; the adapted model's label PNG."""
+    from PIL import Image
+
+    from .runtime.visualize import label_image, overlay, png_bytes
+    from .synthetic.world import SyntheticScenes
+
     pictures = []
     showcase = SyntheticScenes(s.showcase, (s.scene_size, s.scene_size), start=s.eval_scenes)  # unseen too
     (out / "pictures").mkdir(exist_ok=True)
@@ -127,27 +168,14 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, *, cache_dir
         atomic_write_bytes(out / f"pictures/scene{i}_labels.png",
                            png_bytes(label_image(segmenters["adapted (torch)"](image).labels, len(categories))))
         pictures.append(row)
-    for seg in segmenters.values():
-        seg.close()
-
-    timings["total_s"] = time.perf_counter() - t0
-    report = {
-        "categories": categories, "settings": s.__dict__, "world_checkpoint": str(checkpoint),
-        "model_dir": str(model_dir), "onnx_fp32": str(onnx_fp32), "onnx_int8": str(onnx_int8),
-        "chance_bound": 1.5 / len(categories), "results": results, "timings": timings, "pictures": pictures,
-        "torch_threads": torch.get_num_threads(),
-    }
-    atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
-    atomic_write_text(out / "report.md", render_markdown(report))
-    echo(f"wrote {out / 'report.md'} ({timings['total_s']:.0f} s)")
-    return report
+    return pictures
 
 
 def _export(model_dir: Path, out: Path, s: DemoSettings, echo: Echo) -> tuple[Path, Path]:
     from PIL import Image
 
     from .export.pipeline import export_model
-    from .export.spec import InputSpec
+    from .runtime.input_spec import InputSpec
     from .synthetic.world import SyntheticScenes
 
     calib = out / "calibration_images"  # unlabeled: only the pictures are written

@@ -69,12 +69,15 @@ def parse_device(text: str | Device | None) -> Device:
 
 
 def torch_device(text: str | Device | None):  # -> torch.device
-    """The ``torch.device``; a CUDA device on a machine whose PyTorch sees none is refused."""
+    """The ``torch.device``; a CUDA device on a machine whose PyTorch sees none (or fewer GPUs than the index) is
+    refused."""
     import torch
 
     dev = parse_device(text)
     if dev.is_cuda and not torch.cuda.is_available():
         raise DeviceError(f"device {str(text)!r} asked for, but this torch build sees no CUDA GPU; use --device cpu")
+    if dev.is_cuda and dev.index >= torch.cuda.device_count():
+        raise DeviceError(f"device {str(text)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return torch.device("cpu") if dev.kind == "cpu" else torch.device("cuda", dev.index)
 
 

@@ -7,11 +7,9 @@ short message, and nothing here ever raises. Heavy modules are imported only ins
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.metadata
 import importlib.util
-import io
 import platform
 import sys
 from typing import Any
@@ -118,29 +116,6 @@ def probe_torch() -> dict[str, Any]:
     return entry
 
 
-def _tiny_onnx_model() -> bytes:
-    """A one-node Identity model, serialized; built in memory with onnx.helper (needs onnx)."""
-    from onnx import TensorProto, helper
-
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "ifseg_deploy_probe", [x], [y])
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="ifseg-deploy"
-    )
-    model.ir_version = 8  # old enough for any onnxruntime, whatever IR version onnx writes by default
-    return model.SerializeToString()
-
-
-def _ep_error(printed: str) -> str | None:
-    """The message of an "EP Error" block that onnxruntime printed, without the C++ source location."""
-    for line in printed.splitlines():
-        if line.startswith("EP Error "):
-            msg = line.split(") ", 1)[1] if ") " in line else line
-            return _short(Exception(msg.strip()), 120).removeprefix("Exception: ")
-    return None
-
-
 def probe_onnxruntime(test_providers: bool = True) -> dict[str, Any]:
     """onnxruntime: providers *listed* by the build, and which of them are *usable*.
 
@@ -163,40 +138,12 @@ def probe_onnxruntime(test_providers: bool = True) -> dict[str, Any]:
         entry["providers_note"] = "usability not tested"
         return entry
     try:
-        model = _tiny_onnx_model()
-    except Exception as exc:
-        entry["providers_note"] = f"usability not tested: cannot build a test model ({_short(exc, 80)})"
-        return entry
+        from ifseg_deploy.runtime.backends.ort_providers import probe_providers
 
-    usable, failures = [], {}
-    try:
-        ort.set_default_logger_severity(4)  # a provider that fails to load logs errors; this is only a probe
-    except Exception:
-        pass
-    try:
-        for provider in listed:
-            # onnxruntime's Python layer *prints* "EP Error ..." to stdout when a provider fails and it falls
-            # back; catch that (it would corrupt `info --json`) and use it as the reason
-            printed = io.StringIO()
-            try:
-                with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
-                    opts = ort.SessionOptions()
-                    opts.log_severity_level = 4
-                    sess = ort.InferenceSession(model, sess_options=opts, providers=[provider])
-                    active = list(sess.get_providers())
-                if provider in active:
-                    usable.append(provider)
-                else:
-                    why = "fell back to " + ", ".join(active)
-                    reason = _ep_error(printed.getvalue())
-                    failures[provider] = f"{why}: {reason}" if reason else why
-            except Exception as exc:
-                failures[provider] = _short(exc, 120)
-    finally:
-        try:
-            ort.set_default_logger_severity(2)  # onnxruntime's default (warning)
-        except Exception:
-            pass
+        _, usable, failures = probe_providers()
+    except Exception as exc:  # noqa: BLE001 - e.g. no onnx to build the probe model
+        entry["providers_note"] = f"usability not tested: {_short(exc, 80)}"
+        return entry
     entry["providers_usable"] = usable
     entry["providers_unusable"] = failures
     return entry

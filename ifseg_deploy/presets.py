@@ -16,6 +16,8 @@ RESNET_LAYERS = {"resnet50": (3, 4, 6), "resnet101": (3, 4, 23), "resnet152": (3
 
 # English OFA vocabulary: 50 265 BPE symbols (incl. specials and <mask>) + 8192 image codes + 1000 location bins.
 OFA_ENGLISH_VOCAB_ROWS = 59457
+# Text positions of every official OFA size (embed_positions has 2 more rows); limits the prompt's length.
+OFA_MAX_SOURCE_POSITIONS = 1024
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,7 @@ class OFAConfig:
     attn_scale_factor: float = 2.0
     token_bucket_size: int = 256
     image_bucket_size: int = 42
-    max_source_positions: int = 1024
+    max_source_positions: int = OFA_MAX_SOURCE_POSITIONS
     # patch_image_size // 16 with the IFSeg default of 512 px: the word-map grid and the seg position buckets.
     seg_bucket_size: int = 32
     # orig_patch_image_size // 16: the grid whose position tables are used unresized.

@@ -19,10 +19,13 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, models, pre_tokenizers
 
+from .errors import InputError
+
 __all__ = [
     "DEFAULT_PROMPT",
     "UNKNOWN_NAME",
     "OFATokenizer",
+    "PromptTooLongError",
     "TokenizerError",
     "parse_categories",
 ]
@@ -43,8 +46,19 @@ _LAYOUTS = (
 _EXPECTED = f"expected the English OFA BPE files: {_LAYOUTS}"
 
 
-class TokenizerError(ValueError):
+class TokenizerError(InputError):
     """Bad tokenizer files or bad category names; the message names the file or the name."""
+
+
+class PromptTooLongError(TokenizerError):
+    """The IFSeg prompt for a category list has more tokens than the encoder has text positions.
+
+    ``tokens``: the prompt's length; ``limit``: the encoder's text positions; ``fit``: how many names (the
+    list's first ones) would fit."""
+
+    def __init__(self, message: str, tokens: int, limit: int, fit: int) -> None:
+        super().__init__(message)
+        self.tokens, self.limit, self.fit = tokens, limit, fit
 
 
 def _read_json_vocab(path: Path) -> dict[str, int]:
@@ -350,6 +364,26 @@ class OFATokenizer:
         for tokens in self.name_tokens(names):
             ids.extend(tokens)
         return [*ids, *self.encode_words(UNKNOWN_NAME), self.eos_id]
+
+    def check_prompt_length(self, names: Sequence[str], limit: int, prompt: str = DEFAULT_PROMPT) -> int:
+        """The length of :meth:`prompt_ids` for ``names``; :class:`PromptTooLongError` when it exceeds ``limit``
+        (the encoder's text positions). Needs only the tokenizer, so callers check before loading weights."""
+        prompt_len = len(self.encode_words(prompt))
+        fixed = 2 + prompt_len + len(self.encode_words(UNKNOWN_NAME))  # with <s> and </s>
+        lengths = [len(t) for t in self.name_tokens(names)]
+        total = fixed + sum(lengths)
+        if total <= limit:
+            return total
+        fit, used = 0, fixed
+        while fit < len(lengths) and used + lengths[fit] <= limit:
+            used += lengths[fit]
+            fit += 1
+        raise PromptTooLongError(
+            f"the prompt for these {len(lengths)} category names is {total} tokens long (<s>, the prompt's "
+            f"{prompt_len} tokens, the names' {total - fixed}, "
+            f"'{UNKNOWN_NAME}' and </s>), but the encoder has {limit} text positions: the first {fit} names "
+            f"fit. Adapt one model per part of the list, or shorten the names.",
+            total, limit, fit)
 
     def __repr__(self) -> str:
         return (

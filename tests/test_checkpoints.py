@@ -11,15 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from bpe_fixture import write_tiny_bpe
-from ofa_fixture import ofa_state_dict, tiny_config, write_fairseq_checkpoint, write_hf_checkpoint
+from helpers.bpe import write_tiny_bpe
+from helpers.ofa import ofa_state_dict, tiny_config, write_fairseq_checkpoint, write_hf_checkpoint
 
 from ifseg_deploy.checkpoints.errors import CheckpointError
 from ifseg_deploy.checkpoints.loader import load_ofa
 from ifseg_deploy.checkpoints.ofa_keys import check_arch, infer_config
+from ifseg_deploy.model_dir import AdaptedModel
 from ifseg_deploy.modeling.segofa import SegOFA
 from ifseg_deploy.presets import PRESETS
-from ifseg_deploy.pretrained import AdaptedModel
 from ifseg_deploy.tokenizer import OFATokenizer
 
 CATS = ["floor", "wall", "person", "concrete wall"]
@@ -227,7 +227,7 @@ def test_golden_checkpoint_end_to_end_through_the_loader(golden_dir, golden_chec
 @pytest.fixture(scope="module")
 def adapted(fairseq_ckpt) -> AdaptedModel:
     ckpt, bpe = fairseq_ckpt
-    return AdaptedModel.from_ofa(ckpt, CATS, bpe_dir=bpe)
+    return AdaptedModel.unadapted_from_ofa(ckpt, CATS, bpe_dir=bpe)
 
 
 def test_save_load_round_trip_is_bit_exact(adapted, tmp_path):

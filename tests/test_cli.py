@@ -170,7 +170,9 @@ def test_onnxruntime_listed_vs_usable(tmp_path, monkeypatch, capsys):
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "onnxruntime", raising=False)
-    monkeypatch.setattr(envinfo, "_tiny_onnx_model", lambda: b"\x08\x08")
+    from ifseg_deploy.runtime.backends import ort_providers
+
+    monkeypatch.setattr(ort_providers, "_tiny_model", lambda: b"\x08\x08")
 
     entry = envinfo.probe_onnxruntime()
     monkeypatch.delitem(sys.modules, "onnxruntime", raising=False)

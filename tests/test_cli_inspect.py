@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from bpe_fixture import write_tiny_bpe
 from click.testing import CliRunner
-from ofa_fixture import tiny_config, write_fairseq_checkpoint
+from helpers.bpe import write_tiny_bpe
+from helpers.ofa import tiny_config, write_fairseq_checkpoint
 
 from ifseg_deploy.cli import cli
-from ifseg_deploy.pretrained import AdaptedModel
+from ifseg_deploy.model_dir import AdaptedModel
 from ifseg_deploy.tokenizer import OFATokenizer
 
 

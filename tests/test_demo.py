@@ -1,5 +1,6 @@
 """The embedded demo end to end (reduced mode): image-free adaptation transfers to unseen scenes, and the
-exported ONNX and INT8 models keep the accuracy."""
+exported ONNX and INT8 models keep the accuracy. The demo run is the session fixture ``demo_report``
+(conftest.py), shared with the INT8 mIoU-gate tests."""
 
 from __future__ import annotations
 
@@ -8,18 +9,10 @@ import json
 import pytest
 
 from ifseg_deploy.demo import DemoSettings, run_demo
-from ifseg_deploy.pretrained import AdaptedModel
+from ifseg_deploy.model_dir import AdaptedModel
 
 pytest.importorskip("onnxruntime", reason="the demo exports ONNX: needs the [onnx] extra")
 pytest.importorskip("modelopt", reason="the demo quantizes to INT8: needs the [int8] extra")
-
-
-@pytest.fixture(scope="module")
-def demo_report(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    report = run_demo(root / "out", DemoSettings.quick(), cache_dir=root / "cache", progress=False,
-                      echo=lambda _: None)
-    return root / "out", report
 
 
 def test_image_free_adaptation_transfers_to_unseen_scenes(demo_report):
@@ -49,7 +42,7 @@ def test_demo_writes_its_report_pictures_and_a_loadable_model(demo_report):
             assert (out / rel).is_file(), rel
     model = AdaptedModel.from_pretrained(out / "model")
     assert model.categories == report["categories"]
-    assert model.preprocessing["short_side"] == report["settings"]["scene_size"]
+    assert model.preprocessing.short_side == report["settings"]["scene_size"]
     assert (out / "model.onnx").is_file() and (out / "model.int8.onnx").is_file()
 
 

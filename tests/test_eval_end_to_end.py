@@ -8,20 +8,12 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from ofa_fixture import tiny_model_dir
+from helpers.ofa import TINY_CATEGORIES as CATS
 from PIL import Image
 
 from ifseg_deploy.cli import cli
 from ifseg_deploy.runtime.images import load_image
 from ifseg_deploy.runtime.segmenter import Segmenter
-
-CATS = ["floor", "wall", "person", "sky"]
-
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return tiny_model_dir(tmp_path_factory.mktemp("evalmodel"), CATS, seed=11)
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +34,9 @@ def folder(tmp_path_factory):
     return root
 
 
-def _direct(model_dir, folder, n, **options):
+def _direct(tiny_model_dir, folder, n, **options):
     """mIoU etc. straight from the label maps, without the confusion matrix."""
-    seg = Segmenter.from_pretrained(model_dir, **options)
+    seg = Segmenter.from_pretrained(tiny_model_dir, **options)
     classes = (folder / "classes.txt").read_text().split()
     to_dataset = np.array([classes.index(c) for c in CATS])
     gts, preds = [], []
@@ -67,9 +59,9 @@ def _direct(model_dir, folder, n, **options):
 
 
 @pytest.mark.parametrize("limit, options", [(None, ["--short-side", "40"]), (2, ["--no-refine", "--short-side", "32"])])
-def test_eval_json_equals_direct_computation(model_dir, folder, tmp_path, limit, options):
+def test_eval_json_equals_direct_computation(tiny_model_dir, folder, tmp_path, limit, options):
     out = tmp_path / "results.json"
-    args = ["eval", "--model", str(model_dir), "--dataset", "folder", "--root", str(folder), "--out", str(out),
+    args = ["eval", "--model", str(tiny_model_dir), "--dataset", "folder", "--root", str(folder), "--out", str(out),
             "--no-progress", *options]
     if limit:
         args += ["--limit", str(limit)]
@@ -78,7 +70,7 @@ def test_eval_json_equals_direct_computation(model_dir, folder, tmp_path, limit,
     report = json.loads(out.read_text())
     n = limit or 3
     kw = {"refine": False, "short_side": 32} if limit else {"short_side": 40}
-    direct = _direct(model_dir, folder, n, **kw)
+    direct = _direct(tiny_model_dir, folder, n, **kw)
     assert report["dataset"]["images"] == n and report["dataset"]["images_available"] == 3
     assert report["mIoU"] == pytest.approx(direct["mIoU"], abs=1e-12)
     assert report["mAcc"] == pytest.approx(direct["mAcc"], abs=1e-12)
@@ -91,17 +83,18 @@ def test_eval_json_equals_direct_computation(model_dir, folder, tmp_path, limit,
     assert "mIoU" in result.output and "sky" in result.output and "wrote" in result.output
 
 
-def test_eval_refuses_a_model_for_other_classes(model_dir, tmp_path):
+def test_eval_refuses_a_model_for_other_classes(tiny_model_dir, tmp_path):
     # a COCO-Stuff folder in the official layout; the tiny model knows 4 categories, not the 15 unseen ones
     (tmp_path / "images" / "val2017").mkdir(parents=True)
     (tmp_path / "annotations" / "val2017").mkdir(parents=True)
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "images" / "val2017" / "1.jpg")
     Image.fromarray(np.full((8, 8), 24, np.uint8)).save(tmp_path / "annotations" / "val2017" / "1.png")
-    result = CliRunner().invoke(cli, ["eval", "-m", str(model_dir), "-d", "coco-stuff-15", "--root", str(tmp_path)])
+    result = CliRunner().invoke(cli, ["eval", "-m", str(tiny_model_dir), "-d", "coco-stuff-15", "--root",
+                                      str(tmp_path)])
     assert result.exit_code == 1
     assert "do not match the 15 classes of coco-stuff-15" in result.output
     assert "missing from the model: 'frisbee'" in result.output
-    result = CliRunner().invoke(cli, ["eval", "-m", str(model_dir), "-d", "pascal", "--root", str(tmp_path)])
+    result = CliRunner().invoke(cli, ["eval", "-m", str(tiny_model_dir), "-d", "pascal", "--root", str(tmp_path)])
     assert result.exit_code == 2 and "unknown dataset" in result.output
-    result = CliRunner().invoke(cli, ["eval", "-m", str(model_dir), "-d", "ade20k", "--root", str(tmp_path)])
+    result = CliRunner().invoke(cli, ["eval", "-m", str(tiny_model_dir), "-d", "ade20k", "--root", str(tmp_path)])
     assert result.exit_code == 1 and "ADE20K images" in result.output

@@ -8,22 +8,23 @@ import json
 
 import pytest
 
-from ifseg_deploy.export.engine_cache import (
+from ifseg_deploy.export.engine_cache import EngineCache
+from ifseg_deploy.export.fp16 import keep_fp32
+from ifseg_deploy.runtime.engine_file import (
     CorruptEngineError,
-    EngineCache,
+    EngineEnvironment,
     EngineKey,
     StaleEngineError,
     read_engine,
     sidecar_path,
     write_engine,
 )
-from ifseg_deploy.export.fp16 import keep_fp32
-from ifseg_deploy.export.spec import InputSpec, SpecError, parse_size
+from ifseg_deploy.runtime.input_spec import InputSpec, SpecError, parse_size
 
 PROFILE = ((1, 3, 256, 256), (1, 3, 512, 683), (4, 3, 1024, 1024))
 BASE = dict(onnx_sha256="ab" * 32, tensorrt_version="10.3.0", gpu_name="Orin", compute_capability="8.7",
             precision="fp16", profile=PROFILE, builder={"workspace_bytes": 1 << 30, "optimization_level": None})
-ENV = {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7"}
+ENV = EngineEnvironment(tensorrt_version="10.3.0", gpu_name="Orin", compute_capability="8.7")
 PLAN = bytes(range(256)) * 40  # stands for a serialized engine: only its bytes matter to the cache
 
 
@@ -93,7 +94,7 @@ def test_corrupt_entries_are_refused(tmp_path, damage):
 def test_engine_from_another_machine_is_refused_with_the_reason(tmp_path, field, value):
     path = write_engine(tmp_path / "model.engine", PLAN, key())
     with pytest.raises(StaleEngineError, match=f"{field}: engine {BASE[field]} / this machine {value}"):
-        read_engine(path, environment={**ENV, field: value})
+        read_engine(path, environment=dataclasses.replace(ENV, **{field: value}))
 
 
 def test_engine_for_another_model_or_precision_is_refused(tmp_path):
@@ -112,23 +113,41 @@ def test_cache_hit_miss_and_corrupt_entry_removed(tmp_path, caplog):
     assert cache.load(key(precision="fp32")) is None  # another key: a miss, the entry stays
     stored.write_bytes(PLAN[:10])  # e.g. a build killed while the plan was copied by hand
     assert cache.load(key()) is None
-    assert "does not match the checksum" in caplog.text
+    assert "(10 bytes) is not a complete TensorRT engine" in caplog.text
     assert not stored.exists() and not sidecar_path(stored).exists()
 
 
-def test_rewriting_an_engine_never_leaves_the_old_sidecar_vouching_for_it(tmp_path, monkeypatch):
-    from ifseg_deploy.export import engine_cache
+@pytest.mark.parametrize("crash_at", ["stage plan", "stage sidecar", "publish plan", "publish sidecar"])
+def test_rewriting_an_engine_interrupted_at_any_step(tmp_path, monkeypatch, crash_at):
+    """Killed at any step of a rewrite, the pair on disk is the old one, intact, or one that is refused; never
+    the new plan under the old sidecar, and no temporary file visible under either name."""
+    from ifseg_deploy import atomic
+    from ifseg_deploy.runtime import engine_file as engine_cache
 
     path = write_engine(tmp_path / "model.engine", PLAN, key())
+    step, calls = crash_at.split()[0], {"stage": 0, "publish": 0}
+    nth = 1 if crash_at.endswith("plan") else 2
 
-    def crash(*args, **kwargs):
-        raise KeyboardInterrupt
+    def crashing(name, real):
+        def run(*args):
+            calls[name] += 1
+            if name == step and calls[name] == nth:
+                raise KeyboardInterrupt  # what a Ctrl-C or a kill at this point leaves behind
+            return real(*args)
+        return run
 
-    monkeypatch.setattr(engine_cache, "atomic_write_text", crash)  # killed after the plan, before its sidecar
+    monkeypatch.setattr(engine_cache, "write_staged", crashing("stage", atomic.write_staged))
+    monkeypatch.setattr(engine_cache, "publish", crashing("publish", atomic.publish))
     with pytest.raises(KeyboardInterrupt):
         write_engine(path, PLAN[::-1], key(precision="int8"))
-    with pytest.raises(CorruptEngineError, match="no .* beside it"):
-        read_engine(path)
+    if step == "stage":  # nothing renamed yet: the old engine still loads, temporaries are gone
+        plan, record = read_engine(path, environment=ENV)
+        assert plan == PLAN and record["key"] == key()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["model.engine", "model.engine.json"]
+    else:
+        with pytest.raises(CorruptEngineError, match="no .* beside it"):
+            read_engine(path)
+        assert path.read_bytes() == (PLAN if crash_at == "publish plan" else PLAN[::-1])
 
 
 def test_timing_cache_name_depends_on_tensorrt_and_gpu(tmp_path):

@@ -15,23 +15,12 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 import onnx  # noqa: E402
-from test_export_common import (  # noqa: E402
-    CATEGORIES,
-    DYNAMIC,
-    FIXED,
-    adapted_dir,
-    dynamic_export,
-    fixed_export,
-    load_adapted,
-    ort_run,
-    torch_probs,
-    workdir,
-)
+from helpers.export import CATEGORIES, DYNAMIC, FIXED, ort_run  # noqa: E402
 
-from ifseg_deploy.export.metadata import MetadataError, ModelInfo, read_metadata  # noqa: E402
-from ifseg_deploy.export.ort_backend import OrtBackend  # noqa: E402
-from ifseg_deploy.export.spec import InputSpec  # noqa: E402
-from ifseg_deploy.pretrained import DEFAULT_PREPROCESSING  # noqa: E402
+from ifseg_deploy.model_dir import AdaptedModel  # noqa: E402
+from ifseg_deploy.runtime.backends.onnxruntime import OrtBackend  # noqa: E402
+from ifseg_deploy.runtime.input_spec import InputSpec  # noqa: E402
+from ifseg_deploy.runtime.model_info import MetadataError, ModelInfo, read_metadata  # noqa: E402
 from ifseg_deploy.version import __version__  # noqa: E402
 
 
@@ -39,12 +28,19 @@ def _pixels(shape, seed=0):
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
+def test_fixture_model_is_the_small_one(export_model_dir):
+    adapted = AdaptedModel.from_pretrained(export_model_dir)
+    cfg = adapted.model.cfg
+    assert (cfg.encoder_layers, cfg.decoder_layers, cfg.d_model) == (1, 1, 32)
+    assert adapted.categories == CATEGORIES
+
+
 # -- fixed size ------------------------------------------------------------------------------------------------
-def test_fixed_export_reproduces_pytorch():
-    path, _ = fixed_export()
+def test_fixed_export_reproduces_pytorch(fixed_export, torch_reference):
+    path, _ = fixed_export
     x = _pixels((2, 3, *FIXED), seed=1)
     probs, labels = ort_run(path, x)
-    ref = torch_probs(x)
+    ref = torch_reference(x)
     assert probs.shape == (2, len(CATEGORIES), 4, 6)
     np.testing.assert_allclose(probs, ref, atol=1e-4, rtol=0)
     # The labels output: bilinear upsampling to the input size and argmax, computed here independently.
@@ -53,8 +49,8 @@ def test_fixed_export_reproduces_pytorch():
     assert (labels == up).mean() > 0.999
 
 
-def test_fixed_graph_is_checked_static_and_uses_one_layernorm_op():
-    path, output = fixed_export()
+def test_fixed_graph_is_checked_static_and_uses_one_layernorm_op(fixed_export):
+    path, output = fixed_export
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
     dims = [d.dim_value or d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim]
@@ -74,17 +70,17 @@ def test_fixed_graph_is_checked_static_and_uses_one_layernorm_op():
     (1, 3, 96, 700),  # 6x44: few cells but wider than the 42-bucket table: resized
     (2, 3, 80, 80),  # batch of two
 ])
-def test_dynamic_export_equals_eager_model_at_every_size(shape):
+def test_dynamic_export_equals_eager_model_at_every_size(shape, dynamic_export, torch_reference):
     x = _pixels(shape, seed=sum(shape))
-    (probs,) = ort_run(dynamic_export(), x)
-    np.testing.assert_allclose(probs, torch_probs(x), atol=1e-4, rtol=0)
+    (probs,) = ort_run(dynamic_export, x)
+    np.testing.assert_allclose(probs, torch_reference(x), atol=1e-4, rtol=0)
 
 
-def test_the_two_position_paths_differ_so_the_dynamic_test_can_tell_them_apart(monkeypatch):
+def test_the_two_position_paths_differ_so_the_dynamic_test_can_tell_them_apart(monkeypatch, torch_reference):
     """Were the dynamic graph to always resize (an easy mistake), the 4x6 case above would fail: the official
     lookup and the resize give clearly different outputs there."""
     x = _pixels((1, 3, 64, 96), seed=5)
-    lookup = torch_probs(x, refine=False)
+    lookup = torch_reference(x, refine=False)
     from ifseg_deploy.modeling.encoder import OFAEncoder
 
     real = OFAEncoder.image_positions
@@ -97,17 +93,17 @@ def test_the_two_position_paths_differ_so_the_dynamic_test_can_tell_them_apart(m
         return F.interpolate(block[None], size=(h, w), mode="bilinear", align_corners=False)[0].flatten(1).T
 
     monkeypatch.setattr(OFAEncoder, "image_positions", always_resize)
-    resized = torch_probs(x, refine=False)
+    resized = torch_reference(x, refine=False)
     monkeypatch.setattr(OFAEncoder, "image_positions", real)
     assert np.abs(lookup - resized).max() > 1e-3
 
 
-def test_shape_agnostic_tracing_mode_keeps_eager_numerics_bit_exact():
+def test_shape_agnostic_tracing_mode_keeps_eager_numerics_bit_exact(export_model_dir):
     import copy
 
     from ifseg_deploy.runtime.graph import InferenceGraph
 
-    model = load_adapted().model.eval()
+    model = AdaptedModel.from_pretrained(export_model_dir).model.eval()
     graph = InferenceGraph(model, 3, 25).eval()
     agnostic_graph = InferenceGraph(copy.deepcopy(model), 3, 25, shape_agnostic=True).eval()
     assert agnostic_graph.model.encoder.shape_agnostic and not model.encoder.shape_agnostic
@@ -119,23 +115,23 @@ def test_shape_agnostic_tracing_mode_keeps_eager_numerics_bit_exact():
         assert torch.equal(plain, agnostic), hw
 
 
-def test_dynamic_graph_declares_symbolic_height_width_and_batch():
-    model = onnx.load(str(dynamic_export()))
+def test_dynamic_graph_declares_symbolic_height_width_and_batch(dynamic_export):
+    model = onnx.load(str(dynamic_export))
     dims = [d.dim_value or d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim]
     assert dims[1] == 3 and all(isinstance(d, str) for d in (dims[0], dims[2], dims[3]))
 
 
 # -- metadata ----------------------------------------------------------------------------------------------------
-def test_metadata_round_trip():
-    adapted = load_adapted()
+def test_metadata_round_trip(fixed_export, dynamic_export, export_model_dir):
+    adapted = AdaptedModel.from_pretrained(export_model_dir)
     for path, spec, outputs in [
-        (fixed_export()[0], InputSpec.fixed(FIXED, 2), ["probs", "labels"]),
-        (dynamic_export(), InputSpec.dynamic(DYNAMIC["min"], DYNAMIC["opt"], DYNAMIC["max"], 2), ["probs"]),
+        (fixed_export[0], InputSpec.fixed(FIXED, 2), ["probs", "labels"]),
+        (dynamic_export, InputSpec.dynamic(DYNAMIC["min"], DYNAMIC["opt"], DYNAMIC["max"], 2), ["probs"]),
     ]:
         model = onnx.load(str(path))
         info = read_metadata(model)
         assert info.categories == adapted.categories == CATEGORIES
-        assert info.preprocessing == {**DEFAULT_PREPROCESSING, **adapted.preprocessing}
+        assert info.preprocessing == adapted.preprocessing
         assert info.input == spec
         assert (info.precision, info.refinement, info.outputs) == ("fp32", (3, 25), outputs)
         assert info.package_version == __version__ and info.prompt == adapted.prompt
@@ -143,8 +139,8 @@ def test_metadata_round_trip():
         assert ModelInfo.from_props(info.to_props()) == info
 
 
-def test_broken_or_missing_metadata_is_refused(tmp_path):
-    info = read_metadata(onnx.load(str(fixed_export()[0])))
+def test_broken_or_missing_metadata_is_refused(tmp_path, fixed_export):
+    info = read_metadata(onnx.load(str(fixed_export[0])))
     props = info.to_props()
     with pytest.raises(MetadataError, match="no ifseg-deploy metadata"):
         ModelInfo.from_props({})
@@ -155,7 +151,7 @@ def test_broken_or_missing_metadata_is_refused(tmp_path):
     with pytest.raises(MetadataError, match="newer"):
         ModelInfo.from_props({**props, "ifseg.format_version": "99"})
     # a valid ONNX file that ifseg-deploy did not write
-    model = onnx.load(str(fixed_export()[0]))
+    model = onnx.load(str(fixed_export[0]))
     del model.metadata_props[:]
     plain = tmp_path / "plain.onnx"
     onnx.save(model, str(plain))
@@ -164,32 +160,32 @@ def test_broken_or_missing_metadata_is_refused(tmp_path):
 
 
 # -- runtime backend and Segmenter ------------------------------------------------------------------------------
-def test_ort_backend_needs_only_the_onnx_file(tmp_path):
+def test_ort_backend_needs_only_the_onnx_file(tmp_path, fixed_export, torch_reference):
     alone = tmp_path / "deploy" / "model.onnx"
     alone.parent.mkdir()
-    shutil.copy(fixed_export()[0], alone)
+    shutil.copy(fixed_export[0], alone)
     backend = OrtBackend.from_file(alone)
     assert backend.providers == ["CPUExecutionProvider"]  # no GPU here: the probe must not pretend one
     assert backend.categories == CATEGORIES and tuple(backend.refinement) == (3, 25)
     assert backend.fixed_input_size == FIXED
     x = _pixels((3, 3, *FIXED), seed=7)  # 3 > max batch 2: run in chunks
-    np.testing.assert_allclose(backend.probs(x), torch_probs(x), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(backend.probs(x), torch_reference(x), atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="64x96 inputs only"):
         backend.probs(_pixels((1, 3, 64, 64)))
     backend.close()
 
 
-def test_segmenter_from_the_onnx_file_alone_matches_the_pytorch_segmenter(tmp_path):
+def test_segmenter_from_the_onnx_file_alone_matches_the_pytorch_segmenter(tmp_path, dynamic_export, export_model_dir):
     from ifseg_deploy.export.inputs import synthetic_photos
     from ifseg_deploy.runtime.segmenter import Segmenter
 
     alone = tmp_path / "model.onnx"
-    shutil.copy(dynamic_export(), alone)
+    shutil.copy(dynamic_export, alone)
     photos = synthetic_photos(2, seed=3, size=(90, 120)) + synthetic_photos(1, seed=4, size=(120, 70))
     with Segmenter.from_pretrained(alone, backend="onnxruntime", short_side=96) as seg:
         assert seg.backend.name == "onnxruntime" and seg.class_names == CATEGORIES
         got = seg(photos)
-    with Segmenter.from_pretrained(adapted_dir(), backend="torch", short_side=96) as ref:
+    with Segmenter.from_pretrained(export_model_dir, backend="torch", short_side=96) as ref:
         want = ref(photos)
     for g, w in zip(got, want):
         assert g.labels.shape == w.labels.shape
@@ -197,12 +193,13 @@ def test_segmenter_from_the_onnx_file_alone_matches_the_pytorch_segmenter(tmp_pa
 
 
 # -- failure -----------------------------------------------------------------------------------------------------
-def test_an_export_that_disagrees_with_pytorch_fails_and_leaves_nothing(tmp_path, monkeypatch):
+def test_an_export_that_disagrees_with_pytorch_fails_and_leaves_nothing(tmp_path, monkeypatch, fixed_export,
+                                                                         export_model_dir):
     """A genuinely wrong graph (the class head of the traced model altered) must be caught by parity."""
     from ifseg_deploy.export import onnx_export
     from ifseg_deploy.export.parity import ParityError
 
-    good = onnx.load(str(fixed_export()[0]))
+    good = onnx.load(str(fixed_export[0]))
 
     def wrong_trace(graph, spec, path, opset=18):
         model = onnx.ModelProto()
@@ -218,18 +215,19 @@ def test_an_export_that_disagrees_with_pytorch_fails_and_leaves_nothing(tmp_path
     monkeypatch.setattr(onnx_export, "simplify", lambda m: m)
     out = tmp_path / "out" / "model.onnx"
     with pytest.raises(ParityError, match="label agreement"):
-        onnx_export.export_onnx(load_adapted(), out, InputSpec.fixed(FIXED, 2), labels=True, echo=lambda _: None)
+        onnx_export.export_onnx(AdaptedModel.from_pretrained(export_model_dir), out, InputSpec.fixed(FIXED, 2),
+                                labels=True, echo=lambda _: None)
     assert not out.exists()
     assert list(out.parent.iterdir()) == []  # no staging folder left behind either
 
 
-def test_export_refuses_to_overwrite_without_being_asked():
+def test_export_refuses_to_overwrite_without_being_asked(export_model_dir, tmp_path):
     from ifseg_deploy.export.onnx_export import export_onnx
 
-    existing = workdir() / "existing.onnx"
+    existing = tmp_path / "existing.onnx"
     existing.write_bytes(b"keep me")
     with pytest.raises(FileExistsError, match="overwrite"):
-        export_onnx(load_adapted(), existing, InputSpec.fixed(FIXED))
+        export_onnx(AdaptedModel.from_pretrained(export_model_dir), existing, InputSpec.fixed(FIXED))
     assert existing.read_bytes() == b"keep me"
 
 

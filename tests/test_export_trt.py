@@ -36,18 +36,16 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(REASON is not None, reason=REA
 
 
 @pytest.fixture(scope="module")
-def exports():
-    from test_export_common import dynamic_export, fixed_export
-
-    return {"fixed": fixed_export()[0], "dynamic": dynamic_export()}
+def exports(fixed_export, dynamic_export):
+    return {"fixed": fixed_export[0], "dynamic": dynamic_export}
 
 
 @pytest.mark.parametrize("which,precision,min_agreement", [("fixed", "fp32", 0.999), ("fixed", "fp16", 0.95),
                                                            ("dynamic", "fp16", 0.95)])
 def test_engine_matches_onnxruntime(exports, tmp_path, which, precision, min_agreement):
     from ifseg_deploy.export.inputs import parity_inputs
-    from ifseg_deploy.export.ort_backend import OrtBackend
-    from ifseg_deploy.export.trt_backend import TensorRTBackend
+    from ifseg_deploy.runtime.backends.onnxruntime import OrtBackend
+    from ifseg_deploy.runtime.backends.tensorrt import TensorRTBackend
 
     onnx_path = exports[which]
     trt_backend = TensorRTBackend.from_file(onnx_path, precision=precision, cache_dir=tmp_path)
@@ -69,8 +67,8 @@ def test_cli_engine_is_cached_and_opened_from_its_file(exports, tmp_path):
     from click.testing import CliRunner
 
     from ifseg_deploy.cli import cli
-    from ifseg_deploy.export.engine_cache import StaleEngineError, sidecar_path
-    from ifseg_deploy.export.trt_backend import TensorRTBackend
+    from ifseg_deploy.runtime.backends.tensorrt import TensorRTBackend
+    from ifseg_deploy.runtime.engine_file import StaleEngineError, sidecar_path
     from ifseg_deploy.runtime.segmenter import Segmenter
 
     out, cache = tmp_path / "m.engine", tmp_path / "cache"
@@ -87,7 +85,7 @@ def test_cli_engine_is_cached_and_opened_from_its_file(exports, tmp_path):
     side = sidecar_path(out)
     record = json.loads(side.read_text())
     record["key"]["tensorrt_version"] = "9.9.9"
-    from ifseg_deploy.export.engine_cache import EngineKey
+    from ifseg_deploy.runtime.engine_file import EngineKey
 
     record["key_digest"] = EngineKey.from_dict(record["key"]).digest()
     side.write_text(json.dumps(record))

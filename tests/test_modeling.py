@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from ofa_fixture import randomize_, tiny_config
+from helpers.ofa import randomize_, tiny_config
 
 from ifseg_deploy.checkpoints.loader import load_fairseq_state, state_dict_into_model
 from ifseg_deploy.checkpoints.ofa_keys import infer_config

@@ -9,20 +9,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from ofa_fixture import tiny_model_dir
+from helpers.ofa import TINY_CATEGORIES as CATS
 from PIL import Image
 
-from ifseg_deploy.pretrained import DEFAULT_PREPROCESSING
-from ifseg_deploy.runtime import segmenter as segmenter_module
-from ifseg_deploy.runtime.backend import Backend
+from ifseg_deploy.preprocessing import PreprocessConfig, grid_size, normalize, resize_image, resized_size
+from ifseg_deploy.runtime import registry
+from ifseg_deploy.runtime.backend import Backend, require_refinement
+from ifseg_deploy.runtime.backends.torch import TorchBackend
 from ifseg_deploy.runtime.graph import InferenceGraph
 from ifseg_deploy.runtime.images import ImageLoadError
-from ifseg_deploy.runtime.preprocess import grid_size, normalize, resize_image, resized_size
 from ifseg_deploy.runtime.segmenter import BackendUnavailableError, SegmentationResult, Segmenter
-from ifseg_deploy.runtime.torch_backend import TorchBackend
-
-CATS = ["floor", "wall", "person", "sky"]
-
 
 
 class ColourBackend(Backend):
@@ -33,7 +29,7 @@ class ColourBackend(Backend):
 
     def __init__(self, fixed=None):
         self.categories = ["red", "green", "blue"]
-        self.preprocessing = dict(DEFAULT_PREPROCESSING)
+        self.preprocessing = PreprocessConfig()
         self.fixed_input_size = fixed
         self.calls: list[tuple[int, ...]] = []
 
@@ -163,7 +159,7 @@ def test_bad_inputs_and_backends():
 
 
 def test_export_backends_load_lazily_with_clear_errors(monkeypatch, tmp_path):
-    monkeypatch.setitem(segmenter_module.BACKENDS, "onnxruntime", "ifseg_deploy.export.no_such_module_xyz:Ort")
+    monkeypatch.setitem(registry.BACKENDS, "onnxruntime", "ifseg_deploy.export.no_such_module_xyz:Ort")
     with pytest.raises(BackendUnavailableError, match="onnxruntime backend is not available"):
         Segmenter.from_pretrained(tmp_path, backend="onnxruntime")
     with pytest.raises(ValueError, match="unknown backend"):
@@ -177,14 +173,15 @@ def test_export_backends_load_lazily_with_clear_errors(monkeypatch, tmp_path):
         refinement = (3, 25)
 
         @classmethod
-        def from_file(cls, path, device="cpu", **options):
+        def from_file(cls, path, *, device=None, refinement=None, **options):
             seen.update(path=path, device=device, **options)
+            require_refinement(path, cls.refinement, refinement)
             return cls()
 
     module = types.ModuleType("fake_ort_backend")
     module.FakeExported = FakeExported
     monkeypatch.setitem(sys.modules, "fake_ort_backend", module)
-    monkeypatch.setitem(segmenter_module.BACKENDS, "onnxruntime", "fake_ort_backend:FakeExported")
+    monkeypatch.setitem(registry.BACKENDS, "onnxruntime", "fake_ort_backend:FakeExported")
     seg = Segmenter.from_pretrained("m.onnx", backend="onnxruntime", device="cuda", providers=["CPU"])
     assert seen == {"path": "m.onnx", "device": "cuda", "providers": ["CPU"]}
     assert seg(np.zeros((20, 20, 3), np.uint8)).size == (20, 20)
@@ -194,13 +191,10 @@ def test_export_backends_load_lazily_with_clear_errors(monkeypatch, tmp_path):
 
 
 # -- the PyTorch backend on a tiny random model ------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return tiny_model_dir(tmp_path_factory.mktemp("segmodel"), CATS, seed=3)
 
 
-def test_torch_backend_runs_the_inference_graph(model_dir):
-    seg = Segmenter.from_pretrained(model_dir, short_side=48)
+def test_torch_backend_runs_the_inference_graph(tiny_model_dir):
+    seg = Segmenter.from_pretrained(tiny_model_dir, short_side=48)
     assert isinstance(seg.backend, TorchBackend) and seg.refinement == (3, 25)
     assert seg.class_names == CATS
     img = np.random.default_rng(0).integers(0, 256, (40, 70, 3), dtype=np.uint8)
@@ -220,8 +214,8 @@ def test_torch_backend_runs_the_inference_graph(model_dir):
     np.testing.assert_allclose(off(img, return_probs=True).probs, raw.numpy(), rtol=1e-5, atol=1e-6)
     assert Segmenter.from_model(seg.backend.adapted, refine_k=1).refinement == (1, 0)
     # the model dir's preprocessing (short side 512, long side 2048) is the default; options override it
-    assert Segmenter.from_model(seg.backend.adapted).preprocessing["short_side"] == 512
-    assert seg.preprocessing["short_side"] == 48 and seg.preprocessing["max_long_side"] == 2048
+    assert Segmenter.from_model(seg.backend.adapted).preprocessing.short_side == 512
+    assert seg.preprocessing.short_side == 48 and seg.preprocessing.max_long_side == 2048
     assert seg.input_size(480, 640) == (48, 64) and seg.grid_size(480, 640) == (3, 4)
 
     # same-sized images run as one batch and give what they give alone
@@ -231,9 +225,9 @@ def test_torch_backend_runs_the_inference_graph(model_dir):
         np.testing.assert_allclose(r.probs, seg(one_img, return_probs=True).probs, rtol=1e-4, atol=1e-5)
 
 
-def test_torch_backend_device_errors(model_dir):
+def test_torch_backend_device_errors(tiny_model_dir):
     with pytest.raises(ValueError, match="device"):
-        Segmenter.from_pretrained(model_dir, device="tpu")
+        Segmenter.from_pretrained(tiny_model_dir, device="tpu")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA"):
-            Segmenter.from_pretrained(model_dir, device="cuda")
+            Segmenter.from_pretrained(tiny_model_dir, device="cuda")

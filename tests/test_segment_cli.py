@@ -5,18 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from ofa_fixture import tiny_model_dir
+from helpers.ofa import TINY_CATEGORIES as CATS
 from PIL import Image
 
 from ifseg_deploy.cli import cli
-
-CATS = ["floor", "wall", "person", "sky"]
-
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return tiny_model_dir(tmp_path_factory.mktemp("segcli"), CATS, seed=5, short_side=32)
 
 
 def _rgb(h, w, seed=0):
@@ -48,10 +40,10 @@ EXPECTED = {"good": (30, 40), "full": (64, 64), "gray": (21, 17), "rgba": (20, 2
             "cmyk": (19, 26), "rotated": (40, 24)}
 
 
-def test_segment_mixed_folder(model_dir, images, tmp_path):
+def test_segment_mixed_folder(tiny_model_dir_32, images, tmp_path):
     out = tmp_path / "out"
     missing = tmp_path / "missing.jpg"
-    result = CliRunner().invoke(cli, ["segment", str(images), str(missing), "--model", str(model_dir),
+    result = CliRunner().invoke(cli, ["segment", str(images), str(missing), "--model", str(tiny_model_dir_32),
                                       "--out", str(out), "--save-probs", "--no-progress"])
     assert result.exit_code == 1, result.output
     assert "segmented 7 of 10 image(s)" in result.output
@@ -75,21 +67,21 @@ def test_segment_mixed_folder(model_dir, images, tmp_path):
     assert leftovers == []  # atomic writes leave no temporary files
 
 
-def test_segment_labels_equal_the_python_api(model_dir, images, tmp_path):
+def test_segment_labels_equal_the_python_api(tiny_model_dir_32, images, tmp_path):
     from ifseg_deploy.runtime.segmenter import Segmenter
 
     out = tmp_path / "out"
     result = CliRunner().invoke(cli, ["segment", str(images / "good.jpg"), str(images / "rotated.jpg"),
-                                      "-m", str(model_dir), "-o", str(out), "--no-refine"])
+                                      "-m", str(tiny_model_dir_32), "-o", str(out), "--no-refine"])
     assert result.exit_code == 0, result.output
-    seg = Segmenter.from_pretrained(model_dir, refine=False)
+    seg = Segmenter.from_pretrained(tiny_model_dir_32, refine=False)
     for name in ("good", "rotated"):
         expected = seg(str(images / f"{name}.jpg")).labels
         assert np.array_equal(np.asarray(Image.open(out / "labels" / f"{name}.png")), expected)
     assert not (out / "probs").exists()
 
 
-def test_segment_name_clashes_and_errors(model_dir, tmp_path):
+def test_segment_name_clashes_and_errors(tiny_model_dir_32, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
     b.mkdir()
@@ -98,15 +90,17 @@ def test_segment_name_clashes_and_errors(model_dir, tmp_path):
     Image.fromarray(_rgb(10, 10)).save(a / "x.jpg")
     out = tmp_path / "out"
     result = CliRunner().invoke(cli, ["segment", str(a / "x.png"), str(b / "x.png"), str(a / "x.jpg"),
-                                      "-m", str(model_dir), "-o", str(out)])
+                                      "-m", str(tiny_model_dir_32), "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (out / "labels").iterdir()) == ["x_jpg.png", "x_png.png", "x_png_2.png"]
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = CliRunner().invoke(cli, ["segment", str(empty), "-m", str(model_dir), "-o", str(out)])
+    result = CliRunner().invoke(cli, ["segment", str(empty), "-m", str(tiny_model_dir_32), "-o", str(out)])
     assert result.exit_code == 1 and "no images found" in result.output
     result = CliRunner().invoke(cli, ["segment", str(a), "-m", str(tmp_path), "-o", str(out)])
     assert result.exit_code == 1 and "not an adapted-model directory" in result.output
-    result = CliRunner().invoke(cli, ["segment", str(a), "-m", str(model_dir), "-o", str(out),
+    result = CliRunner().invoke(cli, ["segment", str(a), "-m", str(tiny_model_dir_32), "-o", str(out),
                                       "--backend", "tensorrt"])
-    assert result.exit_code == 1 and "Error" in result.output  # not available here, or not an engine file
+    # a model directory is no engine: refused before TensorRT is even needed, naming the file and the right backend
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert str(tiny_model_dir_32) in result.output and "--backend torch" in result.output, result.output

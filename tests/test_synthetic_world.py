@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import itertools
 import time
 
 import numpy as np
 import pytest
 
 from ifseg_deploy.synthetic.world import (
+    ALL_CATEGORIES,
     CONCEPTS,
     DEFAULT_CATEGORIES,
     SPLITS,
@@ -38,10 +42,15 @@ def test_any_size(size):
 
 
 def test_regions_and_concept_assignment():
-    # Regions take concepts from a shuffled list: with n <= K regions every region is a different concept.
+    # Regions take concepts from a shuffled list: with n <= K regions every region is a different concept, so
+    # n visible regions show n concepts (drawing with replacement would repeat one in 4 of 5 such scenes).
     for seed in range(20):
         _, mask = make_scene(seed, (128, 128), num_regions=5)
-        assert 1 <= len(np.unique(mask)) <= 5
+        assert len(np.unique(mask)) == 5, seed
+    k = len(DEFAULT_CATEGORIES)
+    for seed in range(5):  # n = K: every concept exactly once
+        _, mask = make_scene(seed, (64, 64), num_regions=k)
+        assert np.array_equal(np.unique(mask), np.arange(k)), seed
     _, mask = make_scene(0, (128, 128), num_regions=1)
     assert len(np.unique(mask)) == 1
     with pytest.raises(ValueError):
@@ -58,7 +67,7 @@ def test_category_subsets_index_the_given_list():
         water = img[mask == 2].astype(float).mean(0)
         assert water[2] > water[0] + 50
     with pytest.raises(ValueError):
-        make_scene(0, (8, 8), categories=["sky", "lava"])
+        make_scene(0, (8, 8), categories=["sky", "giraffe"])
     with pytest.raises(ValueError):
         make_scene(0, (8, 8), categories=["sky", "sky"])
 
@@ -66,19 +75,60 @@ def test_category_subsets_index_the_given_list():
 def test_mask_is_exact_painting_follows_regions():
     """Each concept is painted with its own statistics right up to the region boundary: pixel colours of a
     class, averaged over its whole area, match the concept's mean colour (within the per-region jitter)."""
-    sums = {c: [] for c in DEFAULT_CATEGORIES}
-    for seed in range(30):
-        img, mask = make_scene(seed, (96, 96))
-        for k, name in enumerate(DEFAULT_CATEGORIES):
+    sums = {c: [] for c in ALL_CATEGORIES}
+    for seed in range(40):
+        img, mask = make_scene(seed, (96, 96), categories=ALL_CATEGORIES)
+        for k, name in enumerate(ALL_CATEGORIES):
             if (mask == k).sum() > 200:
                 sums[name].append(img[mask == k].astype(float).mean(0))
     for name, means in sums.items():
         assert means, name
         got = np.mean(means, 0)
-        want = np.array(CONCEPTS[name].color)
-        if CONCEPTS[name].pattern == "bricks":  # light mortar joints raise the average
-            want = 0.7 * want + 0.3 * np.array(CONCEPTS[name].mortar)
+        c = CONCEPTS[name]
+        want = np.array(c.color)
+        if c.pattern in ("bricks", "tiles"):  # light joints raise the average: 1.6 px lines across and along
+            courses = 2 if c.pattern == "bricks" else 1
+            joints = 1 - (1 - 1.6 * courses / c.period) * (1 - 1.6 / c.period)
+            want = (1 - joints) * want + joints * np.array(c.mortar)
         assert np.abs(got - want).max() < 30, (name, got, want)
+
+
+def _look(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Mean colour and texture energy (grey-level std, mean |gradient| down, across and diagonal) of one
+    concept, over a few single-region scenes."""
+    colours, textures = [], []
+    for seed in range(4):
+        img, _ = make_scene(seed, (96, 96), categories=[name], num_regions=1)
+        f = img.astype(float)
+        g = f.mean(-1)
+        colours.append(f.reshape(-1, 3).mean(0))
+        textures.append([g.std(), np.abs(np.diff(g, axis=0)).mean(), np.abs(np.diff(g, axis=1)).mean(),
+                         np.abs(g[1:, 1:] - g[:-1, :-1]).mean()])
+    return np.mean(colours, 0), np.mean(textures, 0)
+
+
+def test_all_sixteen_concepts_look_different():
+    """Every pair of the 16 concepts differs clearly in mean colour (> 40 of 255, RGB distance) or in a
+    texture energy (by a factor > 1.5), so each one is recognisable from a 16x16 cell."""
+    assert len(ALL_CATEGORIES) == 16 and ALL_CATEGORIES[:8] == DEFAULT_CATEGORIES
+    looks = {name: _look(name) for name in ALL_CATEGORIES}
+    for a, b in itertools.combinations(ALL_CATEGORIES, 2):
+        colour = np.linalg.norm(looks[a][0] - looks[b][0])
+        texture = np.abs(np.log(looks[a][1] / looks[b][1])).max()
+        assert colour > 40 or texture > np.log(1.5), (a, b, colour, texture)
+
+
+def test_tiles_are_a_square_grid(monkeypatch):
+    """Tile joints run straight through the region in both directions; brick joints only across the courses
+    (running bond). Orientation jitter is switched off so that joints follow pixel rows and columns."""
+    for name, columns in (("tile", True), ("brick", False)):
+        monkeypatch.setitem(CONCEPTS, name, dataclasses.replace(CONCEPTS[name], angle_jitter=0.0))
+        img, _ = make_scene(2, (128, 128), categories=[name], num_regions=1)
+        joint = img.astype(float).mean(-1) > np.array(CONCEPTS[name].mortar).mean() - 25
+        full_rows, full_cols = (joint.mean(1) > 0.95).mean(), (joint.mean(0) > 0.95).mean()
+        assert full_rows > 0.04, (name, full_rows)  # 1-2 joint rows per course
+        assert (full_cols > 0.04) == columns, (name, full_cols)
+        assert 0.1 < joint.mean() < 0.35, (name, joint.mean())
 
 
 def _texture_stats(img: np.ndarray) -> np.ndarray:
@@ -107,6 +157,24 @@ def test_variation_inside_a_concept():
              for s in range(12)]
     spread = np.ptp(np.array(means), axis=0)
     assert spread.max() > 8  # per-region brightness/hue jitter
+
+
+# SHA-256 (first 16 hex digits) of image bytes + mask bytes, computed before the world grew to 16 concepts:
+# the default world's scenes must stay bit-identical (the demo's figures and cached models depend on them).
+_DEFAULT_SCENE_HASHES = {
+    (0, (96, 130), None): "614e7847a3b713f0",
+    (1, (96, 130), None): "ce22214355a736a9",
+    (2, (96, 130), None): "63ad128bc975d77e",
+    (3, (256, 256), None): "396946ed3a9a6b9b",
+    (0, (96, 96), ("snow", "brick", "water")): "d6587e0bd4d98fed",
+}
+
+
+def test_default_world_scenes_are_unchanged():
+    for (seed, size, cats), want in _DEFAULT_SCENE_HASHES.items():
+        img, mask = make_scene(seed, size, categories=cats)
+        got = hashlib.sha256(img.tobytes() + mask.tobytes()).hexdigest()[:16]
+        assert got == want, (seed, size, cats)
 
 
 def test_seed_split_is_disjoint_and_dataset_uses_it():

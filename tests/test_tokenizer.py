@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from bpe_fixture import UNK_WORD, WORDS, write_tiny_bpe
+from helpers.bpe import UNK_WORD, WORDS, write_tiny_bpe
 
 from ifseg_deploy.tokenizer import (
     DEFAULT_PROMPT,

@@ -11,29 +11,42 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-# Distinct per-rank streams: rank r draws from seed + r * _RANK_STRIDE, so rank 0 reproduces a 1-process run.
-_RANK_STRIDE = 1_000_003
-
 
 class ArtificialMaps:
-    """Random category grids for ``num_classes`` classes."""
+    """Random category grids for ``num_classes`` classes.
 
-    def __init__(self, num_classes: int, grid_max: int = 32, *, seed: int = 0, rank: int = 0,
+    Under DDP every rank holds the same seeded stream, draws the whole global batch and keeps its own slice
+    (rows ``rank * B/world_size`` onwards), so a K-process run trains on exactly the samples a 1-process run with
+    the same global batch and seed sees. Drawing the global batch costs B x S x S random integers per rank: nothing
+    next to a step.
+    """
+
+    def __init__(self, num_classes: int, grid_max: int = 32, *, seed: int = 0, rank: int = 0, world_size: int = 1,
                  device: torch.device | str = "cpu") -> None:
         if num_classes < 1 or grid_max < 1:
             raise ValueError("need at least one class and grid_max >= 1")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside a world of {world_size} processes")
         self.num_classes = num_classes
         self.grid_max = grid_max
+        self.rank, self.world_size = rank, world_size
         self.device = torch.device(device)
         self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(seed + rank * _RANK_STRIDE)
+        self.generator.manual_seed(seed)
 
     def sample(self, batch: int) -> tuple[Tensor, Tensor]:
-        """(grid (B, S, S) int64, sizes (B, 2) int64 holding U and V)."""
+        """This rank's share of a global batch of ``batch`` samples: (grid (b, S, S) int64, sizes (b, 2) int64
+        holding U and V), b = batch / world_size."""
+        if batch % self.world_size:
+            raise ValueError(f"batch {batch} is not divisible by the {self.world_size} processes")
         s = self.grid_max
         sizes = torch.randint(1, s + 1, (batch, 2), generator=self.generator, device=self.device)
         grid = torch.randint(0, self.num_classes, (batch, s, s), generator=self.generator, device=self.device)
-        return grid, sizes
+        if self.world_size == 1:
+            return grid, sizes
+        local = batch // self.world_size
+        mine = slice(self.rank * local, (self.rank + 1) * local)
+        return grid[mine], sizes[mine]
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}

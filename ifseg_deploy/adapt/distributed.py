@@ -1,7 +1,8 @@
 """The little that adaptation needs from torch.distributed, as no-ops in a single process.
 
 ``torchrun --nproc-per-node K -m ifseg_deploy adapt ...`` sets RANK/WORLD_SIZE/LOCAL_RANK; each rank then trains
-on its own share of the global batch with its own artificial-data stream, and gradients are averaged by DDP.
+on its own slice of the global batch (all ranks draw it from one seeded stream, see ``ArtificialMaps``), and DDP
+averages the gradients.
 """
 
 from __future__ import annotations

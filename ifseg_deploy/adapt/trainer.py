@@ -10,29 +10,37 @@ from __future__ import annotations
 
 import json
 import logging
-import math
+import os
 import signal
 import time
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..atomic import atomic_torch_save, atomic_write_text
+from ..devices import DeviceError, parse_device, torch_device
+from ..model_dir import AdaptedModel
 from ..modeling.layers import DropPath
 from ..modeling.segofa import SegOFA
-from ..pretrained import AdaptedModel
 from ..tokenizer import DEFAULT_PROMPT
 from ..version import __version__
 from . import distributed as dist_utils
 from .config import AdaptConfig
 from .data import ArtificialMaps
-from .ops import segmentation_loss, wordmap_targets, wordmap_tokens
+from .ops import WordMapForward, wordmap_train_step
+from .step import TrainStep, cosine_factor, resolve_precision
+
+__all__ = ["AdaptResult", "AdaptationInterrupted", "StepCallback", "adapt", "cosine_factor", "resolve_precision",
+           "set_regularisation", "training_device"]
 
 log = logging.getLogger(__name__)
+
+#: The former name of :class:`~.ops.WordMapForward`, which tests/test_wordmap_kernel.py imports from here.
+WordMapStep = WordMapForward
 
 CHECKPOINT = "checkpoint.pt"
 RUN_CONFIG = "adapt_config.json"
@@ -50,21 +58,6 @@ class AdaptResult:
     last_loss: float
 
 
-class WordMapStep(nn.Module):
-    """One training forward: category grids -> fused word-map embeddings -> SegOFA logits (B, M, h, w).
-
-    A module of its own so DistributedDataParallel sees the whole computation as ``forward``."""
-
-    def __init__(self, model: SegOFA, cfg: AdaptConfig) -> None:
-        super().__init__()
-        self.model = model
-        self.cfg = cfg
-
-    def forward(self, grid: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
-        tokens = wordmap_tokens(self.model, grid, sizes, self.cfg.wordmap_size, self.cfg.kernel)
-        return self.model.run_tokens(tokens, embedded=True, check_padding=False).logits
-
-
 def set_regularisation(model: SegOFA, dropout: float, drop_path: float) -> None:
     """Dropout everywhere it exists and drop path rising linearly from 0 to ``drop_path`` over each stack."""
     for module in model.modules():
@@ -76,34 +69,41 @@ def set_regularisation(model: SegOFA, dropout: float, drop_path: float) -> None:
             layer.drop_path = DropPath(drop_path * i / (n - 1) if n > 1 else 0.0)
 
 
-def cosine_factor(total: int):
-    """lr(t) = lr/2 (1 + cos(pi t / T)): fairseq's cosine schedule with no warm-up, period = the whole run."""
-    return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32."""
-    if precision == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if precision == "fp32":
-        return None
-    if device.type != "cuda":
-        raise ValueError(f"precision {precision} needs a CUDA device; use fp32 (or auto) on {device}")
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
 def _load_start_model(checkpoint: str | Path, categories: Sequence[str], *, bpe_dir, arch, prompt: str,
                       seed: int) -> AdaptedModel:
+    """The model to adapt; both loaders refuse a too-long prompt before they read the weights."""
     path = Path(checkpoint)
     if path.is_dir() and (path / "model.safetensors").is_file():  # a model directory (e.g. `inspect --save`)
-        start = AdaptedModel.from_pretrained(path)
-        cats = [c.strip() for c in categories]
-        start.model.set_prompt(start.tokenizer.prompt_ids(cats, prompt), start.tokenizer.name_tokens(cats))
-        start.categories, start.prompt = cats, prompt
-        return start
-    return AdaptedModel.from_ofa(path, categories, bpe_dir=bpe_dir, arch=arch, prompt=prompt, seed=seed)
+        return AdaptedModel.from_pretrained(path, categories=categories, prompt=prompt)
+    return AdaptedModel.unadapted_from_ofa(path, categories, bpe_dir=bpe_dir, arch=arch, prompt=prompt, seed=seed)
+
+
+def training_device(device: str | torch.device | None, ctx: dist_utils.DistContext) -> torch.device:
+    """The training device (default: this process's GPU if any, else the CPU); :class:`DeviceError` for a name
+    that is no device, a CUDA device this machine lacks, or ``tensorrt``."""
+    if device is None:
+        return ctx.default_device()
+    try:
+        tensorrt = parse_device(str(device)).tensorrt
+    except DeviceError:
+        raise DeviceError(f"unknown device {str(device)!r}; adaptation runs on cpu, cuda or cuda:N") from None
+    if tensorrt:
+        raise DeviceError(f"device {str(device)!r}: adaptation runs on cpu, cuda or cuda:N")
+    return torch_device(str(device))
+
+
+def check_kernel(kernel: str, dev: torch.device) -> None:
+    """Refuse ``kernel="triton"`` where it would fail at the first step (no triton, or no CUDA device)."""
+    if kernel != "triton":
+        return
+    from ..kernels.wordmap import resolve_impl
+
+    try:
+        resolve_impl("triton", dev.type)
+    except RuntimeError as e:  # triton does not import
+        raise ValueError(str(e)) from None
+    if dev.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"kernel triton runs on a CUDA device, not {dev}; use --kernel torch (or auto)")
 
 
 def _fingerprint(path: str | Path) -> dict:
@@ -117,7 +117,7 @@ class _StopFlag:
 
     def __init__(self) -> None:
         self.raised: str | None = None
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Any] = {}  # the handlers to put back
 
     def __enter__(self) -> _StopFlag:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -137,26 +137,46 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
+#: ``on_step(step, info)``: called on every process after each optimizer step with the number of steps done
+#: and ``{"loss": tensor, "grad_norm": tensor, "lr": float}`` (``lr``: the rate after the schedule's update, as
+#: logged). Reading a tensor syncs with the GPU; an exception it raises ends the run at once, without saving.
+StepCallback = Callable[[int, dict], None]
+
+
+@dataclass
+class _Run:
+    """What the loop works with."""
+
+    cfg: AdaptConfig
+    ctx: dist_utils.DistContext
+    dev: torch.device
+    work: Path
+    model: SegOFA
+    train: TrainStep
+    data: ArtificialMaps
+
+
 def adapt(checkpoint: str | Path, categories: Sequence[str], out: str | Path, config: AdaptConfig | None = None, *,
           bpe_dir: str | Path | None = None, arch: str | None = None, prompt: str = DEFAULT_PROMPT,
           device: str | torch.device | None = None, resume: bool = False, overwrite: bool = False,
-          progress: bool = True, preprocessing: dict | None = None, _crash_at_step: int | None = None
+          progress: bool = True, preprocessing: dict | None = None, on_step: StepCallback | None = None
           ) -> AdaptResult:
     """Adapt an OFA checkpoint to ``categories`` from their names alone and write the model directory ``out``.
 
     Raises :class:`AdaptationInterrupted` after saving when stopped by Ctrl-C; ``resume=True`` continues.
     ``preprocessing`` overrides entries of the saved model's inference preprocessing (e.g. ``short_side`` for
-    images smaller than the paper's 512 px). ``_crash_at_step`` is a test hook that dies without saving, as a
-    killed process would.
+    images smaller than the paper's 512 px). ``on_step`` (see :data:`StepCallback`) sees every step.
     """
+    # Every input is checked before OUT.partial/ is created (or an old one replaced): a refused run loses nothing.
     cfg = config or AdaptConfig()
     ctx = dist_utils.DistContext.from_env()
     cfg.validate(ctx.world_size)
     out = Path(out)
     work = out.with_name(out.name + ".partial")
     _check_paths(out, work, resume=resume, overwrite=overwrite)
-    dev = torch.device(device) if device is not None else ctx.default_device()
+    dev = training_device(device, ctx)
     amp_dtype = resolve_precision(cfg.precision, dev)
+    check_kernel(cfg.kernel, dev)
 
     start = _load_start_model(checkpoint, categories, bpe_dir=bpe_dir, arch=arch, prompt=prompt, seed=cfg.seed)
     model = start.model
@@ -168,76 +188,30 @@ def adapt(checkpoint: str | Path, categories: Sequence[str], out: str | Path, co
         "precision": str(amp_dtype or torch.float32).replace("torch.", ""),
     }
     run_info = json.loads(json.dumps(run_info))  # the form it has on disk (tuples become lists), for resume checks
-
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_factor(cfg.steps))
-    scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype == torch.float16)
-    data = ArtificialMaps(model.num_classes, cfg.grid_max, seed=cfg.seed, rank=ctx.rank, device=dev)
-    step_module = WordMapStep(model, cfg)
-    runner = ctx.wrap(step_module, dev)
+    train = wordmap_train_step(model, cfg, dev, amp_dtype, wrap=lambda m: ctx.wrap(m, dev))
+    data = ArtificialMaps(model.num_classes, cfg.grid_max, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size,
+                          device=dev)
+    run = _Run(cfg, ctx, dev, work, model, train, data)
 
     # Dropout and drop path draw from the global generator: seed it per rank so runs repeat (resume restores it).
     torch.manual_seed(cfg.seed + 7919 * (ctx.rank + 1))
     step = 0
     if resume:
-        step = _restore(work / CHECKPOINT, run_info, model, optimizer, scheduler, scaler, data, ctx, dev)
+        step = _restore(run, run_info)
     elif ctx.is_main:
-        work.mkdir(parents=True, exist_ok=True)
+        if work.exists():  # an interrupted run that --overwrite discards (_check_paths refused it otherwise)
+            _remove_work_dir(work)
+        work.mkdir(parents=True)
         atomic_write_text(work / RUN_CONFIG, json.dumps(run_info, indent=2) + "\n")
         (work / METRICS).write_text("")
     ctx.barrier()
 
-    local_batch = cfg.batch_size // ctx.world_size
-    last_loss = float("nan")
-    bar = _progress(cfg.steps, step, enabled=progress and ctx.is_main)
-    t0, samples_since = time.perf_counter(), 0
-    with _StopFlag() as stop:
-        while step < cfg.steps:
-            grid, sizes = data.sample(local_batch)
-            with torch.autocast(dev.type, dtype=amp_dtype) if amp_dtype else nullcontext():
-                logits = runner(grid, sizes)
-            target = wordmap_targets(grid, sizes, cfg.target_size)
-            loss = segmentation_loss(logits.float(), target, cfg.loss)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.clip_norm if cfg.clip_norm > 0 else math.inf)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            step += 1
-            samples_since += cfg.batch_size
-            if _crash_at_step is not None and step == _crash_at_step:
-                raise RuntimeError(f"simulated crash at step {step}")
-
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                last_loss = ctx.mean(loss.detach())  # the one host sync, every log_every steps
-                elapsed = time.perf_counter() - t0
-                record = {"step": step, "loss": last_loss, "lr": scheduler.get_last_lr()[0],
-                          "grad_norm": float(grad_norm), "samples_per_s": samples_since / max(elapsed, 1e-9)}
-                t0, samples_since = time.perf_counter(), 0
-                if ctx.is_main:
-                    with open(work / METRICS, "a") as f:
-                        f.write(json.dumps(record) + "\n")
-                    bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{record['lr']:.2e}")
-            bar.update(1)
-            should_stop = ctx.any(stop.raised is not None)
-            if step % cfg.checkpoint_every == 0 or should_stop:
-                _save(work / CHECKPOINT, step, model, optimizer, scheduler, scaler, data, ctx, dev)
-            if should_stop and step < cfg.steps:
-                bar.close()
-                raise AdaptationInterrupted(
-                    f"stopped at step {step}/{cfg.steps}; the state is saved in {work}. "
-                    f"Continue with the same command plus --resume."
-                )
-    bar.close()
-
+    step, last_loss = _train(run, step, progress, on_step)
     if ctx.is_main:
         final = AdaptedModel(model.eval(), start.tokenizer, start.categories, prompt,
                              metadata={**start.metadata, "adaptation": run_info, "steps": step,
                                        "final_loss": last_loss})
-        final.preprocessing.update(preprocessing or {})
+        final.preprocessing = final.preprocessing.replace(**(preprocessing or {}))
         extra = {RUN_CONFIG: (work / RUN_CONFIG).read_bytes(), METRICS: (work / METRICS).read_bytes()}
         final.save_pretrained(out, overwrite=overwrite or resume, extra_files=extra)
         _remove_work_dir(work)
@@ -245,18 +219,54 @@ def adapt(checkpoint: str | Path, categories: Sequence[str], out: str | Path, co
     return AdaptResult(out if ctx.is_main else None, step, last_loss)
 
 
+def _train(run: _Run, step: int, progress: bool, on_step: StepCallback | None) -> tuple[int, float]:
+    """Steps from ``step`` to the end (or to Ctrl-C); returns the steps done and the last logged loss."""
+    cfg, ctx = run.cfg, run.ctx
+    last_loss = float("nan")
+    bar = _progress(cfg.steps, step, enabled=progress and ctx.is_main)
+    t0, samples_since = time.perf_counter(), 0
+    with _StopFlag() as stop:
+        while step < cfg.steps:
+            loss, grad_norm = run.train(run.data.sample(cfg.batch_size))  # this rank's slice of the global batch
+            step += 1
+            samples_since += cfg.batch_size
+            if on_step is not None:
+                on_step(step, {"loss": loss, "grad_norm": grad_norm, "lr": run.train.lr})
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                last_loss = ctx.mean(loss)  # the one host sync, every log_every steps
+                elapsed = time.perf_counter() - t0
+                record = {"step": step, "loss": last_loss, "lr": run.train.lr, "grad_norm": float(grad_norm),
+                          "samples_per_s": samples_since / max(elapsed, 1e-9)}
+                t0, samples_since = time.perf_counter(), 0
+                if ctx.is_main:
+                    with open(run.work / METRICS, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{record['lr']:.2e}")
+            bar.update(1)
+            should_stop = ctx.any(stop.raised is not None)
+            if step % cfg.checkpoint_every == 0 or should_stop:
+                _save(run, step)
+            if should_stop and step < cfg.steps:
+                bar.close()
+                raise AdaptationInterrupted(
+                    f"stopped at step {step}/{cfg.steps}; the state is saved in {run.work}. "
+                    f"Continue with the same command plus --resume."
+                )
+    bar.close()
+    return step, last_loss
+
+
 def _check_paths(out: Path, work: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse paths that would lose data; changes nothing on disk."""
     if resume:
         if not (work / CHECKPOINT).is_file():
             raise FileNotFoundError(f"nothing to resume: {work / CHECKPOINT} does not exist")
         return
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
-    if work.exists():
-        if not overwrite:
-            raise FileExistsError(f"an interrupted run is in {work}: pass --resume to continue it, "
-                                  "or --overwrite to start again")
-        _remove_work_dir(work)
+    if work.exists() and not overwrite:
+        raise FileExistsError(f"an interrupted run is in {work}: pass --resume to continue it, "
+                              "or --overwrite to start again")
 
 
 def _remove_work_dir(work: Path) -> None:
@@ -278,44 +288,39 @@ def _rng_state(dev: torch.device) -> dict:
     return state
 
 
-def _save(path: Path, step: int, model: SegOFA, optimizer, scheduler, scaler, data: ArtificialMaps,
-          ctx: dist_utils.DistContext, dev: torch.device) -> None:
-    per_rank = ctx.gather_objects({"data": data.state_dict(), "rng": _rng_state(dev)})
-    if not ctx.is_main:
+def _save(run: _Run, step: int) -> None:
+    per_rank = run.ctx.gather_objects({"data": run.data.state_dict(), "rng": _rng_state(run.dev)})
+    if not run.ctx.is_main:
         return
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    trainable = {n for n, p in run.model.named_parameters() if p.requires_grad}
     atomic_torch_save({
         "step": step,
         # Frozen tensors are reloaded from the source checkpoint; only what training changes is saved.
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items() if k in trainable},
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),
+        "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items() if k in trainable},
+        **run.train.state_dict(),  # optimizer, scheduler, scaler
         "ranks": per_rank,
-    }, path)
+    }, run.work / CHECKPOINT)
 
 
-def _restore(path: Path, run_info: dict, model: SegOFA, optimizer, scheduler, scaler, data: ArtificialMaps,
-             ctx: dist_utils.DistContext, dev: torch.device) -> int:
+def _restore(run: _Run, run_info: dict) -> int:
+    path = run.work / CHECKPOINT
     saved_info = json.loads((path.parent / RUN_CONFIG).read_text())
     for key in ("config", "categories", "prompt", "source", "world_size"):
         if saved_info.get(key) != run_info.get(key):
             raise ValueError(f"cannot resume: the interrupted run used a different {key} "
                              f"({saved_info.get(key)!r} then, {run_info.get(key)!r} now)")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    missing = model.load_state_dict(state["model"], strict=False)
+    missing = run.model.load_state_dict(state["model"], strict=False)
     if missing.unexpected_keys:
         raise ValueError(f"{path} holds unknown tensors {missing.unexpected_keys[:4]}")
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    scaler.load_state_dict(state["scaler"])
-    mine = state["ranks"][ctx.rank]
-    data.load_state_dict(mine["data"])
+    run.train.load_state_dict(state)
+    mine = state["ranks"][run.ctx.rank]
+    run.data.load_state_dict(mine["data"])
     torch.set_rng_state(mine["rng"]["cpu"])
-    if "cuda" in mine["rng"] and dev.type == "cuda":
-        torch.cuda.set_rng_state(mine["rng"]["cuda"], dev)
+    if "cuda" in mine["rng"] and run.dev.type == "cuda":
+        torch.cuda.set_rng_state(mine["rng"]["cuda"], run.dev)
     step = int(state["step"])
-    if ctx.is_main:  # metrics logged after the checkpoint belong to steps that will run again
+    if run.ctx.is_main:  # metrics logged after the checkpoint belong to steps that will run again
         lines = (path.parent / METRICS).read_text().splitlines()
         kept = [ln for ln in lines if ln.strip() and json.loads(ln)["step"] <= step]
         atomic_write_text(path.parent / METRICS, "".join(ln + "\n" for ln in kept))

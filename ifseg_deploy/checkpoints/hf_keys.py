@@ -45,8 +45,13 @@ def _rename(key: str, rules: list[tuple[re.Pattern[str], str]]) -> str:
     return key
 
 
+# One tensor under three names in the port's state_dict(); HF's save_pretrained may keep only one of them.
+TIED_TOKEN_TABLE = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "decoder.output_projection.weight")
+
+
 def to_fairseq_names(state: Mapping[str, Tensor], source: str) -> dict[str, Tensor]:
-    """HF key names -> fairseq key names (an optional ``model.`` prefix is stripped)."""
+    """HF key names -> fairseq key names (an optional ``model.`` prefix is stripped). When the token table was
+    saved under one of its tied names only, the encoder's name (the one fairseq checkpoints always hold) gets it."""
     out: dict[str, Tensor] = {}
     for key, value in state.items():
         bare = key[len("model."):] if key.startswith("model.") else key
@@ -54,6 +59,10 @@ def to_fairseq_names(state: Mapping[str, Tensor], source: str) -> dict[str, Tens
         if new in out:
             raise CheckpointError(f"{source}: two weights map to {new}")
         out[new] = value
+    if TIED_TOKEN_TABLE[0] not in out:
+        kept = next((k for k in TIED_TOKEN_TABLE[1:] if k in out), None)
+        if kept is not None:
+            out[TIED_TOKEN_TABLE[0]] = out[kept]
     return out
 
 
@@ -70,6 +79,9 @@ def read_hf_config(directory: Path) -> dict:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path} is corrupt ({e})") from None
+    if config.get("format") == "ifseg-deploy/adapted-model":
+        raise CheckpointError(f"{directory} is an ifseg-deploy adapted-model directory, not an OFA checkpoint: give "
+                              "it to segment, eval or export (or to adapt --checkpoint, to continue adapting it)")
     if config.get("model_type") != "ofa":
         raise CheckpointError(f"{path}: model_type is {config.get('model_type')!r}, expected 'ofa'")
     return config
@@ -93,7 +105,7 @@ def load_hf_state(directory: str | Path) -> dict[str, Tensor]:
         raise CheckpointError(f"{directory} has no weights: expected one of {', '.join(WEIGHT_FILES)}")
     if not isinstance(state, Mapping):
         raise CheckpointError(f"{path} does not hold a state dict")
-    emb = state.get("encoder.embed_tokens.weight", state.get("model.encoder.embed_tokens.weight"))
+    emb = next((state[p + k] for k in TIED_TOKEN_TABLE for p in ("", "model.") if p + k in state), None)
     if emb is not None and "d_model" in config and int(config["d_model"]) != emb.shape[1]:
         raise CheckpointError(f"{directory}: config.json says d_model {config['d_model']} but the weights have "
                               f"{emb.shape[1]}")

@@ -11,9 +11,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..modeling.position import max_text_tokens
 from ..modeling.segofa import SegOFA
-from ..presets import OFA_ENGLISH_VOCAB_ROWS, OFAConfig
-from ..tokenizer import DEFAULT_PROMPT, OFATokenizer, TokenizerError
+from ..presets import OFA_ENGLISH_VOCAB_ROWS, OFA_MAX_SOURCE_POSITIONS, OFAConfig
+from ..tokenizer import DEFAULT_PROMPT, OFATokenizer, PromptTooLongError, TokenizerError
 from . import hf_keys
 from .errors import CheckpointError
 from .ofa_keys import NEW_SEG_KEYS, TIED_KEYS, check_arch, ignored_reason, infer_config
@@ -31,12 +32,18 @@ class LoadReport:
     source: str
     layout: str
     arch: str
+    used: list[str] = field(default_factory=list)  # keys loaded into the model
+    tied: dict[str, str] = field(default_factory=dict)  # key -> the key holding the same tensor (loaded once)
     initialised: list[str] = field(default_factory=list)  # new IFSeg parameters, N(0, 0.02)
     ignored: dict[str, str] = field(default_factory=dict)  # key -> reason
     unexpected: list[str] = field(default_factory=list)  # keys nobody knows; reported, not used
 
     def summary(self) -> str:
-        lines = [f"loaded {self.source} ({self.layout} layout, arch {self.arch})"]
+        lines = [f"loaded {self.source} ({self.layout} layout, arch {self.arch})",
+                 f"  used {len(self.used)} tensors"]
+        if self.tied:
+            lines.append(f"  tied {len(self.tied)} duplicate name(s): "
+                         + ", ".join(f"{k} = {v}" for k, v in self.tied.items()))
         if self.initialised:
             lines.append(f"  initialised {len(self.initialised)} new IFSeg tensors: "
                          + ", ".join(sorted({k.rsplit('.', 1)[0] for k in self.initialised})))
@@ -76,6 +83,8 @@ def state_dict_into_model(state: Mapping[str, Tensor], cfg: OFAConfig, name_toke
             target = TIED_KEYS[key]
             if target in state and state[target].shape == value.shape and not torch.equal(state[target], value):
                 report.unexpected.append(f"{key} (differs from its tied {target})")
+            else:
+                report.tied[key] = target
             continue
         if key in own and ignored_reason(key) is None:
             if own[key].shape != value.shape:
@@ -93,6 +102,7 @@ def state_dict_into_model(state: Mapping[str, Tensor], cfg: OFAConfig, name_toke
         raise CheckpointError(f"{source} lacks {len(bad)} tensor(s) an OFA {cfg.name} model needs: "
                               + ", ".join(bad[:8]) + (" ..." if len(bad) > 8 else ""))
     model.load_state_dict(to_load, strict=False)
+    report.used = list(to_load)
     _init_new_seg_params(model, missing, torch.Generator().manual_seed(seed))
     report.initialised = missing
     model.set_prompt(src_tokens, name_tokens)
@@ -143,25 +153,31 @@ def load_ofa(checkpoint: str | Path, categories: Sequence[str], *, bpe_dir: str 
     """Load an OFA checkpoint (fairseq file or Hugging Face directory) as a SegOFA for ``categories``.
 
     The size is inferred from the weights (or checked against ``arch``); the class table is built from the
-    names; the IFSeg parameters that OFA lacks are initialised as the official code does.
+    names; the IFSeg parameters that OFA lacks are initialised as the official code does. A prompt longer than
+    the encoder's text positions raises :class:`~ifseg_deploy.tokenizer.PromptTooLongError` before the weights
+    are read; every other problem is a :class:`CheckpointError`.
     """
     path = Path(checkpoint)
     try:
-        if path.is_dir():
-            layout = "huggingface"
-            tokenizer = OFATokenizer.from_dir(path)
-            vocab_source = path
-            state = hf_keys.to_fairseq_names(hf_keys.load_hf_state(path), str(path))
-        else:
-            layout = "fairseq"
-            vocab_source = _find_bpe_dir(path, bpe_dir)
-            tokenizer = OFATokenizer.from_dir(vocab_source)
-            state = load_fairseq_state(path)
+        vocab_source = path if path.is_dir() else _find_bpe_dir(path, bpe_dir)
+        tokenizer = OFATokenizer.from_dir(vocab_source)
         name_tokens = tokenizer.name_tokens(categories)
+        # Before the weights (seconds to minutes for a real checkpoint): every official OFA size has the same
+        # text positions. The checkpoint's own tables are checked again below.
+        tokenizer.check_prompt_length(categories, max_text_tokens(OFA_MAX_SOURCE_POSITIONS), prompt)
         src_tokens = tokenizer.prompt_ids(categories, prompt)
+    except PromptTooLongError:
+        raise
     except TokenizerError as e:
         raise CheckpointError(str(e)) from None
+    if path.is_dir():
+        layout = "huggingface"
+        state = hf_keys.to_fairseq_names(hf_keys.load_hf_state(path), str(path))
+    else:
+        layout = "fairseq"
+        state = load_fairseq_state(path)
     cfg = check_arch(infer_config(state, str(path)), arch, str(path))
     _check_vocab(cfg.vocab_rows, tokenizer, str(path), vocab_source)
+    tokenizer.check_prompt_length(categories, max_text_tokens(cfg.max_source_positions), prompt)
     model, report = state_dict_into_model(state, cfg, name_tokens, src_tokens, str(path), layout, seed)
     return model, tokenizer, report

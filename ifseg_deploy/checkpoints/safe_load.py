@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..artifacts import size_text
 from .errors import CheckpointError
 
 _SAFE_EXTRA_GLOBALS = [argparse.Namespace]
@@ -61,4 +62,4 @@ def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is truncated or corrupt ({e})") from None
+        raise CheckpointError(f"{path} is truncated or corrupt ({size_text(path)}; {e})") from None

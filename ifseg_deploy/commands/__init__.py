@@ -1,2 +1,3 @@
-"""Command-line commands that live in their own modules (registered on the ``cli`` group in ``cli.py``); each
-imports its heavy dependencies inside the command so that ``ifseg-deploy --help`` stays fast."""
+"""The command-line commands, one module each (added to the ``cli`` group in ``cli.py``), and
+:mod:`.options`, the options and parsing several of them share. Each command imports its heavy dependencies
+inside the command, so that ``ifseg-deploy --help`` stays fast."""

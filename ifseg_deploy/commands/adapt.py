@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..cli import categories_option, read_categories
+from .options import arch_option, categories_option, device_option, read_categories
 
 
 @click.command(short_help="Adapt an OFA checkpoint to your category names (no images needed).")
@@ -14,8 +14,7 @@ from ..cli import categories_option, read_categories
               help="encoder.json, vocab.bpe, dict.txt for a fairseq checkpoint (default: beside it).")
 @categories_option
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="The adapted-model directory to write.")
-@click.option("--arch", type=click.Choice(["tiny", "medium", "base", "large", "huge"]),
-              help="Expected model size (refuses a checkpoint of another size).")
+@arch_option("Expected model size (refuses a checkpoint of another size).")
 @click.option("--steps", type=int, default=2000, show_default=True, help="Optimizer steps.")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Global batch (split over processes).")
 @click.option("--lr", type=float, default=5e-5, show_default=True, help="Peak learning rate (cosine to 0).")
@@ -38,7 +37,7 @@ from ..cli import categories_option, read_categories
               show_default=True, help="chunked never holds more than one full-resolution copy of the logits.")
 @click.option("--checkpoint-every", type=int, default=200, show_default=True, help="Save the run state every N steps.")
 @click.option("--log-every", type=int, default=10, show_default=True, help="Log metrics every N steps.")
-@click.option("--device", help="cpu, cuda, cuda:1 ... (default: the GPU of this process if any, else cpu).")
+@device_option(None, "cpu, cuda, cuda:1 ... (default: the GPU of this process if any, else cpu).")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run that wrote OUT.partial/.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT (and discard an interrupted run) when it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")

@@ -5,22 +5,28 @@ from __future__ import annotations
 
 import shlex
 import sys
+from collections.abc import Sequence
 
 import click
 
-from ..cli import categories_option
+from ..bench.settings import (
+    BENCH_PRECISIONS,
+    BenchUsageError,
+    InferenceSettings,
+    bench_device,
+    parse_ints,
+    parse_list,
+)
+from ..runtime.registry import BACKEND_NAMES
+from .options import ARCH_NAMES, categories_option, device_option, parse_sizes, read_categories
 
 MODES = ["inference", "adapt", "kernel"]
-BACKEND_NAMES = ("torch", "onnxruntime", "tensorrt")
-PRECISION_NAMES = ("fp32", "fp16", "int8", "int8-dynamic")
 
 
-def _list(allowed: tuple[str, ...], what: str):
+def _list(allowed: Sequence[str], what: str):
     def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
         if value is None:
             return None
-        from ifseg_deploy.bench.common import parse_list
-
         try:
             return parse_list(value, allowed, what)
         except ValueError as e:
@@ -32,22 +38,9 @@ def _list(allowed: tuple[str, ...], what: str):
 def _ints(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
     if value is None:
         return None
-    from ifseg_deploy.bench.common import parse_ints
-
     try:
         return parse_ints(value, "batch size")
     except ValueError as e:
-        raise click.BadParameter(str(e)) from None
-
-
-def _sizes(ctx: click.Context, param: click.Parameter, value: str | None):
-    if value is None:
-        return None
-    from ifseg_deploy.bench.inference import BenchUsageError, parse_sizes
-
-    try:
-        return parse_sizes(value)
-    except BenchUsageError as e:
         raise click.BadParameter(str(e)) from None
 
 
@@ -59,9 +52,10 @@ def _sizes(ctx: click.Context, param: click.Parameter, value: str | None):
               help="Adapted-model directory (the PyTorch baseline), and any .onnx / .engine exported from it; "
                    "repeat the option. An `ifseg-deploy demo` output folder brings model/, model.onnx and "
                    "model.int8.onnx at once.")
-@click.option("--preset", help="Instead of --model: a random-weight model of this preset (tiny, medium, base, large, "
-                               "huge), written to OUT/model; its ONNX / INT8 files are exported into OUT/exports. "
-                               "With --mode adapt: the preset to train. [adapt default: tiny]")
+@click.option("--preset", type=click.Choice(ARCH_NAMES),
+              help="Instead of --model: a random-weight model of this preset, written to OUT/model; its ONNX / INT8 "
+                   "files are exported into OUT/exports. With --mode adapt: the preset to train. [adapt default: "
+                   "tiny]")
 @click.option("--bpe-dir", type=click.Path(exists=True, file_okay=False),
               help="--preset: OFA's BPE files (encoder.json, vocab.bpe, dict.txt) for a real prompt length; "
                    "default categories are then ADE20K's 150. Without it: the synthetic world's vocabulary and "
@@ -70,12 +64,12 @@ def _sizes(ctx: click.Context, param: click.Parameter, value: str | None):
 @click.option("--seed", type=int, default=0, show_default=True, help="--preset: seed of the random weights.")
 @click.option("--backends", callback=_list(BACKEND_NAMES, "backend"), default="torch,onnxruntime,tensorrt",
               show_default=True, help="Comma-separated backends; PyTorch eager fp32 is always measured (baseline).")
-@click.option("--precisions", callback=_list(PRECISION_NAMES, "precision"), default="fp32,fp16,int8",
+@click.option("--precisions", callback=_list(BENCH_PRECISIONS, "precision"), default="fp32,fp16,int8",
               show_default=True, help="Comma-separated precisions; combinations that cannot run here are "
                                       "reported as skipped, with the reason. int8 = the Q/DQ export (made for "
                                       "TensorRT); int8-dynamic = onnxruntime's own dynamic INT8 of the MatMul/Gemm "
                                       "weights, a CPU diagnostic.")
-@click.option("--sizes", callback=_sizes, metavar="HxW[,HxW...]",
+@click.option("--sizes", callback=parse_sizes, metavar="HxW[,HxW...]",
               help="Model input sizes. [default: the given .onnx files' fixed sizes, else the model's short side "
                    "squared (512x512 for OFA presets)]")
 @click.option("--batch", "batches", callback=_ints, default="1", show_default=True, metavar="N[,N...]",
@@ -93,7 +87,7 @@ def _sizes(ctx: click.Context, param: click.Parameter, value: str | None):
 @click.option("--threads", type=click.IntRange(min=1),
               help="Threads for torch and for onnxruntime's intra-op pool (the same number for both). [default: "
                    "torch's default, the number of cores]")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@device_option("auto", "cpu, cuda, cuda:N or auto.")
 @click.option("--dataset", "dataset_name", metavar="NAME",
               help="Also measure mIoU per backend and precision: synthetic, or folder / ade20k / coco-stuff-* "
                    "with --root.")
@@ -132,53 +126,18 @@ def bench(mode: str, models: tuple[str, ...], preset: str | None, bpe_dir: str |
     bench.png into --out.
     """
     command = "ifseg-deploy " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None
-    ctx = click.get_current_context()
-    if mode != "inference":  # the modules' own defaults unless given
-        if ctx.get_parameter_source("warmup") == click.core.ParameterSource.DEFAULT:
-            warmup = 2 if mode == "adapt" else 10
-        if ctx.get_parameter_source("iters") == click.core.ParameterSource.DEFAULT:
-            iters = 10 if mode == "adapt" else 100
-        if ctx.get_parameter_source("batches") == click.core.ParameterSource.DEFAULT:
-            batches = [4]
-    if mode == "adapt":
-        if models:
+    bench_device(device)  # a bad --device is a usage error in every mode (the CLI prints it, no traceback)
+    if mode != "inference":
+        if mode == "adapt" and models:
             raise click.UsageError("--mode adapt measures a random-weight model: give --preset, not --model")
-        from ifseg_deploy.bench.modes import run_adapt, write_mode_outputs
-
-        report = run_adapt(preset or "tiny", classes, batches[0], iters, warmup, device, threads, command)
-        files = write_mode_outputs(report, out)
-        r = report["result"]
-        click.echo(f"{r['preset']} on {r['device_name']}: {r['samples_per_s']:.2f} samples/s, step "
-                   f"{r['step_ms']:.1f} ms, data share {100 * r['data_share']:.1f}%")
-        click.echo("wrote " + ", ".join(files.values()))
+        _other_mode(mode, preset, classes, batches, warmup, iters, device, threads, out, command)
         return
-    if mode == "kernel":
-        from ifseg_deploy.bench.modes import run_kernel, write_mode_outputs
-
-        report = run_kernel(batches[0], classes, iters, warmup, device, threads, command)
-        files = write_mode_outputs(report, out)
-        for name, e in report["result"]["results"].items():
-            extra = f", fwd {e['ms_fwd'] * 1e3:.1f} us" if "ms_fwd" in e else ""
-            click.echo(f"  {name:14s} {e.get('status')}{extra}")
-        click.echo("wrote " + ", ".join(files.values()))
-        return
-
-    from ifseg_deploy.bench.inference import (
-        BenchUsageError,
-        InferenceSettings,
-        run_inference,
-        summary_lines,
-        write_outputs,
-    )
-
     if bpe_dir and not preset:
         raise click.UsageError("--bpe-dir goes with --preset (the tokenizer of the random-weight model)")
     names = None
     if categories is not None or categories_file is not None:
         if not preset:
             raise click.UsageError("--categories goes with --preset (a --model has its own categories)")
-        from ..cli import read_categories
-
         names = read_categories(categories, categories_file)
     if root and not dataset_name:
         raise click.UsageError("--root goes with --dataset")
@@ -187,13 +146,47 @@ def bench(mode: str, models: tuple[str, ...], preset: str | None, bpe_dir: str |
         backends=backends, precisions=precisions, sizes=sizes, batches=batches, warmup=warmup, iters=iters,
         calib_images=calib_images, calib_max=calib_max, threads=threads, device=device, dataset=dataset_name,
         root=root, limit=limit, refine=not no_refine, plot=not no_plot, profile=profile, command=command)
+    _inference(settings, out, no_plot)
+
+
+def _other_mode(mode: str, preset: str | None, classes: int, batches: list[int], warmup: int, iters: int,
+                device: str, threads: int | None, out: str, command: str | None) -> None:
+    """--mode adapt / kernel, with those modules' own defaults for what was not given."""
+    from ..bench.modes import run_adapt, run_kernel, write_mode_outputs
+
+    ctx = click.get_current_context()
+    if ctx.get_parameter_source("warmup") == click.core.ParameterSource.DEFAULT:
+        warmup = 2 if mode == "adapt" else 10
+    if ctx.get_parameter_source("iters") == click.core.ParameterSource.DEFAULT:
+        iters = 10 if mode == "adapt" else 100
+    if ctx.get_parameter_source("batches") == click.core.ParameterSource.DEFAULT:
+        batches = [4]
+    if mode == "adapt":
+        report = run_adapt(preset or "tiny", classes, batches[0], iters, warmup, device, threads, command)
+        files = write_mode_outputs(report, out)
+        r = report["result"]
+        click.echo(f"{r['preset']} on {r['device_name']}: {r['samples_per_s']:.2f} samples/s, step "
+                   f"{r['step_ms']:.1f} ms, data share {100 * r['data_share']:.1f}%")
+    else:
+        report = run_kernel(batches[0], classes, iters, warmup, device, threads, command)
+        files = write_mode_outputs(report, out)
+        for name, e in report["result"]["results"].items():
+            extra = f", fwd {e['ms_fwd'] * 1e3:.1f} us" if "ms_fwd" in e else ""
+            click.echo(f"  {name:14s} {e.get('status')}{extra}")
+    click.echo("wrote " + ", ".join(files.values()))
+
+
+def _inference(settings: InferenceSettings, out: str, no_plot: bool) -> None:
+    from ..bench.report import summary_lines, write_outputs
+    from ..bench.run import run_inference
     from ..checkpoints.errors import CheckpointError
+    from ..tokenizer import TokenizerError
 
     try:
         report = run_inference(settings, echo=click.echo)
     except BenchUsageError as e:
         raise click.UsageError(str(e)) from None
-    except (CheckpointError, FileNotFoundError, KeyError) as e:
+    except (CheckpointError, TokenizerError, FileNotFoundError, KeyError) as e:
         raise click.ClickException(str(e)) from None
     files = write_outputs(report, out, plot=not no_plot)
     for line in summary_lines(report):

@@ -32,7 +32,4 @@ def demo(out: str, quick: bool, steps: int | None, cache_dir: str | None, overwr
         if steps < 1:
             raise click.BadParameter("must be >= 1", param_hint="--steps")
         settings = dataclasses.replace(settings, steps=steps)
-    try:
-        run_demo(out, settings, cache_dir=cache_dir, overwrite=overwrite, progress=not quiet, echo=click.echo)
-    except FileExistsError as e:
-        raise click.ClickException(str(e)) from None
+    run_demo(out, settings, cache_dir=cache_dir, overwrite=overwrite, progress=not quiet, echo=click.echo)

@@ -7,7 +7,7 @@ import json
 import click
 
 from ..evaluation.registry import DATASETS
-from .segment import backend_options, load_segmenter
+from .options import backend_options, load_segmenter
 
 
 @click.command("eval", short_help="mIoU, mAcc and aAcc on ADE20K, COCO-Stuff or a folder of labelled images.")
@@ -37,25 +37,17 @@ def evaluate_command(model: str, dataset_name: str, root: str | None, limit: int
     the summary; --out writes the same as JSON.
     """
     from ..atomic import atomic_write_text
-    from ..evaluation.datasets import DatasetError
-    from ..evaluation.evaluate import ClassMismatchError, evaluate, format_table
+    from ..evaluation.evaluate import evaluate, format_table
     from ..evaluation.registry import get_dataset
-    from ..runtime.images import ImageLoadError
 
     if dataset_name not in DATASETS:
         raise click.BadParameter(f"unknown dataset {dataset_name!r}; choose one of {', '.join(DATASETS)}",
                                  param_hint="--dataset")
-    try:
-        dataset = get_dataset(dataset_name, root)
-    except DatasetError as e:
-        raise click.ClickException(str(e)) from None
-    seg = load_segmenter(model, backend, device, no_refine, refine_k, refine_iters, short_side, max_long_side)
-    try:
+    # A dataset that cannot be read, a model of other classes and an unreadable image are user errors (the
+    # command group prints them).
+    dataset = get_dataset(dataset_name, root)
+    with load_segmenter(model, backend, device, no_refine, refine_k, refine_iters, short_side, max_long_side) as seg:
         report = evaluate(seg, dataset, limit=limit, progress=not no_progress, model_path=model)
-    except (ClassMismatchError, DatasetError, ImageLoadError) as e:
-        raise click.ClickException(str(e)) from None
-    finally:
-        seg.close()
     click.echo(format_table(report))
     if out_file:
         atomic_write_text(out_file, json.dumps(report, indent=2) + "\n")

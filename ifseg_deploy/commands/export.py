@@ -4,19 +4,11 @@ from __future__ import annotations
 
 import click
 
-FORMATS = ["onnx", "tensorrt"]
-PRECISIONS = ["fp32", "fp16", "int8"]
+from ..evaluation.registry import DATASETS
+from ..runtime.registry import PRECISIONS
+from .options import device_option, parse_size
 
-
-def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    from ifseg_deploy.export.spec import SpecError, parse_size
-
-    try:
-        return parse_size(value)
-    except SpecError as e:
-        raise click.BadParameter(str(e)) from None
+FORMATS = ("onnx", "tensorrt")
 
 
 @click.command(short_help="Export an adapted model to ONNX (fp32, INT8) or a TensorRT engine, checked.")
@@ -34,13 +26,16 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
               help="INT8 calibration of activation ranges.")
 @click.option("--calib-max", type=click.IntRange(min=1), default=500, show_default=True,
               help="Use at most this many calibration images (spread over the folder).")
-@click.option("--input-size", callback=_size, metavar="HxW",
+@click.option("--calib-min", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Fail (writing nothing) when fewer readable calibration images remain; unreadable files "
+                   "are skipped with a warning.")
+@click.option("--input-size", callback=parse_size, metavar="HxW",
               help="Fixed input size, e.g. 512x683 (a 640x480 camera after the runtime's resize). [default]")
 @click.option("--dynamic", is_flag=True,
               help="Dynamic height and width (TensorRT profile from --min/--opt/--max-size).")
-@click.option("--min-size", callback=_size, metavar="HxW", help="With --dynamic. [default: 256x256]")
-@click.option("--opt-size", callback=_size, metavar="HxW", help="With --dynamic. [default: 512x683]")
-@click.option("--max-size", callback=_size, metavar="HxW", help="With --dynamic. [default: 1024x1024]")
+@click.option("--min-size", callback=parse_size, metavar="HxW", help="With --dynamic. [default: 256x256]")
+@click.option("--opt-size", callback=parse_size, metavar="HxW", help="With --dynamic. [default: 512x683]")
+@click.option("--max-size", callback=parse_size, metavar="HxW", help="With --dynamic. [default: 1024x1024]")
 @click.option("--max-batch", type=click.IntRange(min=1), default=1, show_default=True,
               help="Largest batch the model (and the engine's profile) accepts.")
 @click.option("--no-refine", is_flag=True, help="Leave the kNN refinement (K=3, 25 iterations) out of the graph.")
@@ -53,20 +48,23 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
               help="INT8 / fp16: minimum label agreement with the fp32 model.")
 @click.option("--max-miou-drop", type=click.FloatRange(0, 1), default=0.01, show_default=True,
               help="INT8 with --eval-dataset: largest allowed mIoU loss (0.01 = 1 point).")
-@click.option("--eval-dataset", type=click.Choice(["folder", "ade20k", "coco-stuff-171", "coco-stuff-15"]),
-              help="INT8: a labelled set to compare the mIoU of INT8 and fp32 on (see `ifseg-deploy eval`).")
-@click.option("--eval-root", type=click.Path(exists=True, file_okay=False), help="Root folder of --eval-dataset.")
+@click.option("--eval-dataset", type=click.Choice(list(DATASETS)),
+              help="INT8: a labelled set to compare the mIoU of INT8 and fp32 on (see `ifseg-deploy eval`); an "
+                   "undefined mIoU (no labelled pixel of the model's classes) fails the check.")
+@click.option("--eval-root", type=click.Path(exists=True, file_okay=False),
+              help="Root folder of --eval-dataset (not needed for the generated synthetic set).")
 @click.option("--eval-limit", type=click.IntRange(min=1), help="Use only the first N images of --eval-dataset.")
 @click.option("--workspace", type=click.IntRange(min=16), default=1024, show_default=True, metavar="MiB",
               help="TensorRT builder workspace cap (Jetsons share their memory with the CPU).")
 @click.option("--engine-cache", type=click.Path(file_okay=False),
               help="TensorRT engine cache folder. [default: $IFSEG_DEPLOY_CACHE or ~/.cache/ifseg-deploy/engines]")
-@click.option("--device", default=None, help="TensorRT: cuda or cuda:N. [default: cuda:0]")
+@device_option(None, "TensorRT: cuda or cuda:N. [default: cuda:0]")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .onnx or .engine file.")
 def export(model: str, fmt: str, precision: str | None, calib_images: str | None, calib_method: str,
-           calib_max: int, input_size: tuple[int, int] | None, dynamic: bool, min_size: tuple[int, int] | None,
-           opt_size: tuple[int, int] | None, max_size: tuple[int, int] | None, max_batch: int, no_refine: bool,
+           calib_max: int, calib_min: int, input_size: tuple[int, int] | None, dynamic: bool,
+           min_size: tuple[int, int] | None, opt_size: tuple[int, int] | None, max_size: tuple[int, int] | None,
+           max_batch: int, no_refine: bool,
            labels: bool, opset: int, agreement_threshold: float, reduced_agreement_threshold: float,
            max_miou_drop: float, eval_dataset: str | None, eval_root: str | None, eval_limit: int | None,
            workspace: int, engine_cache: str | None, device: str | None, overwrite: bool, out: str) -> None:
@@ -84,14 +82,17 @@ def export(model: str, fmt: str, precision: str | None, calib_images: str | None
     category names, preprocessing and refinement settings, so it is all a device needs.
     """
     from ifseg_deploy.checkpoints.errors import CheckpointError
-    from ifseg_deploy.export.engine_cache import EngineCacheError
+    from ifseg_deploy.evaluation.datasets import DatasetError
+    from ifseg_deploy.evaluation.evaluate import ClassMismatchError
+    from ifseg_deploy.export.inputs import CalibrationError
     from ifseg_deploy.export.int8 import QuantizationError
-    from ifseg_deploy.export.metadata import MetadataError
     from ifseg_deploy.export.onnx_export import ExportError
     from ifseg_deploy.export.parity import ParityError
     from ifseg_deploy.export.pipeline import ExportUsageError, export_model
-    from ifseg_deploy.export.spec import DEFAULT_MAX, DEFAULT_MIN, DEFAULT_OPT, InputSpec, SpecError
     from ifseg_deploy.export.trt_build import EngineBuildError, TensorRTUnavailableError
+    from ifseg_deploy.runtime.engine_file import EngineFileError
+    from ifseg_deploy.runtime.input_spec import DEFAULT_MAX, DEFAULT_MIN, DEFAULT_OPT, InputSpec, SpecError
+    from ifseg_deploy.runtime.model_info import MetadataError
 
     if input_size is not None and (dynamic or min_size or opt_size or max_size):
         raise click.UsageError("give either --input-size or --dynamic (with --min/--opt/--max-size), not both")
@@ -104,11 +105,16 @@ def export(model: str, fmt: str, precision: str | None, calib_images: str | None
     else:
         spec = InputSpec.fixed(input_size, max_batch)  # type: ignore[arg-type]
     if eval_dataset and not eval_root:
-        raise click.UsageError("--eval-dataset needs --eval-root")
+        from ifseg_deploy.evaluation.registry import get_dataset
+
+        try:  # only generated sets (synthetic) work without a root
+            get_dataset(eval_dataset, None)
+        except DatasetError:
+            raise click.UsageError(f"--eval-dataset {eval_dataset} needs --eval-root") from None
     try:
         summary = export_model(
             model, out, format=fmt, precision=precision, input_spec=spec, refine=not no_refine, labels=labels,
-            opset=opset, calib_images=calib_images, calib_method=calib_method, calib_max=calib_max,
+            opset=opset, calib_images=calib_images, calib_method=calib_method, calib_max=calib_max, calib_min=calib_min,
             agreement_threshold=agreement_threshold, reduced_agreement_threshold=reduced_agreement_threshold,
             max_miou_drop=max_miou_drop, eval_dataset=eval_dataset, eval_root=eval_root, eval_limit=eval_limit,
             workspace_bytes=workspace * 2**20, engine_cache=engine_cache, device=device, overwrite=overwrite,
@@ -117,7 +123,8 @@ def export(model: str, fmt: str, precision: str | None, calib_images: str | None
         raise click.ClickException(f"export failed its parity check; nothing was written to {out}\n{e}") from None
     except (ExportUsageError, SpecError) as e:
         raise click.UsageError(str(e)) from None
-    except (ExportError, QuantizationError, MetadataError, CheckpointError, EngineBuildError, EngineCacheError,
-            TensorRTUnavailableError, FileExistsError, FileNotFoundError) as e:
+    except (ExportError, QuantizationError, MetadataError, CheckpointError, EngineBuildError, EngineFileError,
+            TensorRTUnavailableError, CalibrationError, DatasetError, ClassMismatchError, FileExistsError,
+            FileNotFoundError) as e:
         raise click.ClickException(f"{e}\nnothing was written to {out}") from None
     click.echo(f"done: {summary.path} ({summary.format}, {summary.precision}, {summary.info.input.describe()})")

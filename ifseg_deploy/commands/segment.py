@@ -7,46 +7,7 @@ from pathlib import Path
 
 import click
 
-BACKEND_NAMES = ["torch", "onnxruntime", "tensorrt"]
-
-
-def backend_options(f):
-    """--backend/--device/--no-refine/--refine-k/--refine-iters/--short-side/--max-long-side (shared by eval)."""
-    opts = [
-        click.option("--backend", type=click.Choice(BACKEND_NAMES), default="torch", show_default=True,
-                     help="Engine: torch (an adapted-model directory), onnxruntime or tensorrt (an exported "
-                          "file)."),
-        click.option("--device", default="cpu", show_default=True,
-                     help="cpu, cuda, cuda:N or auto (CUDA when available)."),
-        click.option("--no-refine", is_flag=True,
-                     help="Skip the kNN refinement of the probabilities (raw model output)."),
-        click.option("--refine-k", type=click.IntRange(min=1), default=None,
-                     help="Neighbours of the refinement, the cell itself included [default: 3]."),
-        click.option("--refine-iters", type=click.IntRange(min=0), default=None,
-                     help="Refinement iterations [default: 25]."),
-        click.option("--short-side", type=click.IntRange(min=1), default=None,
-                     help="Resize the short side to this [default: the model's, 512]."),
-        click.option("--max-long-side", type=click.IntRange(min=1), default=None,
-                     help="Cap on the long side after resizing [default: the model's, 2048]."),
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
-
-
-def load_segmenter(model: str, backend: str, device: str, no_refine: bool, refine_k: int | None,
-                   refine_iters: int | None, short_side: int | None, max_long_side: int | None):
-    """Build the Segmenter for a command; errors become ClickExceptions."""
-    from ..checkpoints.errors import CheckpointError
-    from ..runtime.segmenter import BackendUnavailableError, Segmenter
-
-    try:
-        return Segmenter.from_pretrained(model, backend=backend, device=device,
-                                         refine=False if no_refine else None, refine_k=refine_k,
-                                         refine_iters=refine_iters, short_side=short_side,
-                                         max_long_side=max_long_side)
-    except (CheckpointError, BackendUnavailableError, ValueError, OSError, RuntimeError, ImportError) as e:
-        raise click.ClickException(str(e) or type(e).__name__) from None
+from .options import backend_options, load_segmenter
 
 
 def _output_stems(items: list[tuple[Path, Path | None]]) -> list[Path]:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
 from ..runtime.images import IMAGE_EXTENSIONS, load_image, open_image
 from .classnames import (
     ADE20K_150,
@@ -38,7 +39,7 @@ from .classnames import (
 IGNORE = 255
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """A dataset folder that does not have the expected layout or contents."""
 
 

@@ -16,11 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError
 from ..version import __version__
 from .metrics import ConfusionMatrix
 
 
-class ClassMismatchError(ValueError):
+class ClassMismatchError(InputError):
     """The model's categories are not the dataset's classes."""
 
 
@@ -96,7 +97,7 @@ def evaluate(segmenter: Any, dataset: Any, limit: int | None = None, progress: b
         "model": {"path": model_path, "backend": backend.name, "device": str(getattr(backend, "device", "")),
                   "categories": len(segmenter.class_names),
                   "refinement": {"k": int(k), "iterations": int(iters)},
-                  "preprocessing": dict(segmenter.preprocessing)},
+                  "preprocessing": segmenter.preprocessing.to_dict()},
         "protocol": "single scale, whole image, original resolution; IoU summed over the set; mIoU = mean over "
                     "classes with union > 0",
         "seconds": round(seconds, 3),

@@ -35,6 +35,18 @@ def token_bucket_index(length: int, bucket_size: int = 256, max_position: int = 
     return bucket + bucket_size - 1
 
 
+def max_text_tokens(max_source_positions: int) -> int:
+    """The longest encoder text (prompt ids with ``<s>`` and ``</s>``) the position tables cover.
+
+    Two tables bound it. ``embed_positions`` has ``max_source_positions + 2`` rows. The relative bias is
+    tighter: :func:`token_bucket_index` log-buckets an offset ``d`` to ``ceil(log(d / mid) / log((P - 1) / mid)
+    * (mid - 1)) + mid`` (P = ``max_source_positions``), which reaches the last of the ``2 * bucket_size - 1``
+    rows at ``d = P - 1``. A text of L tokens has offsets up to L - 1, so L = P + 1 indexes past the table (a
+    1200-name prompt of ~7000 tokens asks for row ~630 of 511).
+    """
+    return min(max_source_positions + 2, max_source_positions)
+
+
 def grid_relative_index(h: int, w: int, bucket_size: int, device: torch.device | None = None) -> Tensor:
     """(h*w, h*w) indices of the 2-D offsets between cells of a raster-ordered h x w grid.
 

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from ..presets import OFAConfig
 from .decoder import SurrogateDecoder
 from .encoder import EncoderOutput, OFAEncoder
+from .position import max_text_tokens
 
 BOS_ID = 0
 
@@ -75,6 +76,9 @@ class SegOFA(nn.Module):
 
     def set_prompt(self, src_tokens: Sequence[int], name_tokens: Sequence[Sequence[int]]) -> None:
         """Install the encoder prompt ids and rebuild the class table (and head) from the names' tokens."""
+        limit = max_text_tokens(self.cfg.max_source_positions)
+        if len(src_tokens) > limit:  # the loaders refuse this earlier, with the number of names that fit
+            raise ValueError(f"the prompt has {len(src_tokens)} tokens, the encoder {limit} text positions")
         rows = self.class_embeddings(name_tokens)
         table = self.decoder.seg_embed_tokens
         if rows.shape[0] != table.num_embeddings:

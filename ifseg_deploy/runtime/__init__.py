@@ -13,7 +13,7 @@ _EXPORTS = {
     "SegmentationResult": "ifseg_deploy.runtime.segmenter",
     "BackendUnavailableError": "ifseg_deploy.runtime.segmenter",
     "Backend": "ifseg_deploy.runtime.backend",
-    "TorchBackend": "ifseg_deploy.runtime.torch_backend",
+    "TorchBackend": "ifseg_deploy.runtime.backends.torch",
     "ImageLoadError": "ifseg_deploy.runtime.images",
     "load_image": "ifseg_deploy.runtime.images",
 }

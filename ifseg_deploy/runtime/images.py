@@ -26,11 +26,13 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from ..errors import InputError
+
 #: File name suffixes that ``ifseg-deploy segment DIR`` treats as images (case-insensitive).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm")
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(InputError):
     """An input that cannot be turned into an RGB image; the message names it and says why."""
 
 

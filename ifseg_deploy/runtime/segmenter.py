@@ -6,7 +6,7 @@
 >>> seg = Segmenter.from_pretrained("model.onnx", backend="onnxruntime")  # same calls, another engine
 >>> seg = Segmenter(my_backend)                                       # any ``Backend`` implementation
 
-The pipeline is the paper's evaluation protocol (``ifseg_method.md`` §4; geometry in :mod:`.preprocess`):
+The pipeline is the paper's evaluation protocol (``ifseg_method.md`` §4; geometry in :mod:`ifseg_deploy.preprocessing`):
 resize (short side 512, long side at most 2048, bilinear), RGB / 255, (x - 0.5) / 0.5, the backend's
 probabilities at (ceil(H'/16), ceil(W'/16)) (softmax, then the kNN refinement inside the backend), bilinear
 upsampling straight to the original (H, W), argmax.
@@ -14,8 +14,6 @@ upsampling straight to the original (H, W), argmax.
 
 from __future__ import annotations
 
-import importlib
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,47 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import InputError
+from ..preprocessing import preprocess, upsample_argmax
+from ..refine import refinement_setting
 from .backend import Backend
 from .images import load_image
-from .preprocess import grid_size, normalize, resize_image, resized_size, upsample_argmax
+from .registry import BackendUnavailableError, load_backend
 
-#: backend name -> "module:factory"; the factory has ``from_file(path, **options)``. The export stage's
-#: backends are imported only when asked for.
-BACKENDS: dict[str, str] = {
-    "torch": "ifseg_deploy.runtime.torch_backend:TorchBackend",
-    "onnxruntime": "ifseg_deploy.export.ort_backend:OrtBackend",
-    "tensorrt": "ifseg_deploy.export.trt_backend:TensorRTBackend",
-}
-
-_EXTRAS = {"onnxruntime": "onnx", "tensorrt": "trt"}
-
-
-class BackendUnavailableError(RuntimeError):
-    """The asked-for backend is not part of this installation (not written yet, or its package is missing)."""
-
-
-def backend_factory(name: str) -> Any:
-    """Import the factory class of backend ``name`` lazily; :class:`BackendUnavailableError` if that fails."""
-    if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    module_name, attr = BACKENDS[name].split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        missing = e.name or ""
-        if module_name == missing or module_name.startswith(missing + "."):
-            raise BackendUnavailableError(
-                f"the {name} backend is not available in this version of ifseg-deploy yet ({module_name} is "
-                "missing); use backend='torch' (--backend torch)") from None
-        extra = _EXTRAS.get(name)
-        hint = f" (pip install 'ifseg-deploy[{extra}]')" if extra else ""
-        raise BackendUnavailableError(f"the {name} backend needs the package {missing!r}, which is not "
-                                      f"installed{hint}") from None
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise BackendUnavailableError(f"{module_name} has no {attr}: the {name} backend is not available in this "
-                                      "version of ifseg-deploy yet") from None
+__all__ = ["BackendUnavailableError", "SegmentationResult", "Segmenter"]
 
 
 @dataclass
@@ -117,22 +82,9 @@ class Segmenter:
         if not isinstance(backend, Backend):
             raise TypeError(f"Segmenter needs a Backend, got {type(backend).__name__}")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
+            raise InputError(f"batch_size must be >= 1 (got {batch_size})")
         self.backend = backend
-        pre = dict(getattr(backend, "preprocessing", None) or {})
-        if short_side is not None:
-            pre["short_side"] = int(short_side)
-        if max_long_side is not None:
-            pre["max_long_side"] = int(max_long_side)
-        pre.setdefault("short_side", 512)
-        pre.setdefault("max_long_side", 2048)
-        pre.setdefault("mean", [0.5, 0.5, 0.5])
-        pre.setdefault("std", [0.5, 0.5, 0.5])
-        pre.setdefault("patch_size", 16)
-        interp = pre.setdefault("interpolation", "bilinear")
-        if interp != "bilinear":
-            raise ValueError(f"preprocessing interpolation {interp!r} is not supported (only 'bilinear')")
-        self.preprocessing = pre
+        self.preprocessing = backend.preprocessing.replace(short_side=short_side, max_long_side=max_long_side)
         self.batch_size = batch_size
         self.exif = exif
 
@@ -142,45 +94,25 @@ class Segmenter:
                         refine: bool | None = None, refine_k: int | None = None, refine_iters: int | None = None,
                         short_side: int | None = None, max_long_side: int | None = None,
                         batch_size: int = 8, exif: bool = True, **backend_options: Any) -> Segmenter:
-        """Load ``path`` with backend ``"torch"`` (an adapted-model directory), ``"onnxruntime"`` or
-        ``"tensorrt"`` (an exported file; built by the export stage).
+        """Load ``path`` with backend ``"torch"`` (an adapted-model directory), ``"onnxruntime"`` (an .onnx file)
+        or ``"tensorrt"`` (an engine built by the export stage).
 
         Refinement: ``refine`` (default on), ``refine_k`` (3) and ``refine_iters`` (25). The torch backend
         applies them; an exported model has its refinement built in, and asking for other settings than the
         file has is an error (re-export instead). ``backend_options`` go to the backend's ``from_file``.
         """
         asked = refine is not None or refine_k is not None or refine_iters is not None
-        k = 3 if refine_k is None else int(refine_k)
-        iters = 25 if refine_iters is None else int(refine_iters)
-        if refine is False:
-            k, iters = 1, 0
-        wanted = (k, iters) if k > 1 and iters > 0 else (1, 0)
-        factory = backend_factory(backend)
-        if backend == "torch":
-            engine = factory.from_file(path, device=device, refine_k=wanted[0], refine_iters=wanted[1],
-                                       **backend_options)
-        else:
-            options = dict(backend_options)
-            params = inspect.signature(factory.from_file).parameters
-            if "device" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
-                options.setdefault("device", device)
-            engine = factory.from_file(path, **options)
-            have = tuple(getattr(engine, "refinement", (1, 0)))
-            if asked and have != wanted:
-                engine.close()
-                raise ValueError(f"{path} was exported with refinement k={have[0]}, iterations={have[1]}, but "
-                                 f"k={wanted[0]}, iterations={wanted[1]} was asked for; re-export the model with "
-                                 "those settings (refinement is part of the exported graph)")
+        wanted = refinement_setting(refine is not False, refine_k, refine_iters) if asked else None
+        engine = load_backend(backend, path, device=device, refinement=wanted, **backend_options)
         return cls(engine, short_side=short_side, max_long_side=max_long_side, batch_size=batch_size, exif=exif)
 
     @classmethod
     def from_model(cls, adapted: Any, device: str | None = "cpu", *, refine: bool = True, refine_k: int = 3,
                    refine_iters: int = 25, **kwargs: Any) -> Segmenter:
-        """Wrap an in-memory :class:`~ifseg_deploy.pretrained.AdaptedModel` (e.g. right after adaptation)."""
-        from .torch_backend import TorchBackend
+        """Wrap an in-memory :class:`~ifseg_deploy.model_dir.AdaptedModel` (e.g. right after adaptation)."""
+        from .backends.torch import TorchBackend
 
-        k, iters = (refine_k, refine_iters) if refine else (1, 0)
-        return cls(TorchBackend(adapted, device, k, iters), **kwargs)
+        return cls(TorchBackend(adapted, device, refinement_setting(refine, refine_k, refine_iters)), **kwargs)
 
     # -- properties --------------------------------------------------------------------------------------------
     @property
@@ -193,15 +125,15 @@ class Segmenter:
 
     def input_size(self, height: int, width: int) -> tuple[int, int]:
         """(H', W') an (H, W) image is resized to before the model."""
-        fixed = getattr(self.backend, "fixed_input_size", None)
+        fixed = self.backend.fixed_input_size
         if fixed is not None:
             # A fixed-shape ONNX file or engine takes one size: the image is stretched to it (aspect not kept).
             return int(fixed[0]), int(fixed[1])
-        return resized_size(height, width, self.preprocessing["short_side"], self.preprocessing["max_long_side"])
+        return self.preprocessing.input_size(height, width)
 
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
         """(h, w) of the probability grid for an (H, W) image."""
-        return grid_size(*self.input_size(height, width), self.preprocessing["patch_size"])
+        return self.preprocessing.grid(*self.input_size(height, width))
 
     # -- running -----------------------------------------------------------------------------------------------
     def load(self, image: Any) -> np.ndarray:
@@ -210,18 +142,12 @@ class Segmenter:
 
     def preprocess(self, rgb: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 RGB -> (3, H', W') float32 normalised pixels."""
-        size = self.input_size(*rgb.shape[:2])
-        pre = self.preprocessing
-        return normalize(resize_image(rgb, size), pre["mean"], pre["std"])
+        return preprocess(rgb, self.preprocessing, self.input_size(*rgb.shape[:2]))
 
     def _probs(self, batch: np.ndarray) -> torch.Tensor:
-        probs_tensor = getattr(self.backend, "probs_tensor", None)
-        if probs_tensor is not None:
-            out = probs_tensor(batch)  # stays on the backend's device for the upsampling
-        else:
-            out = torch.from_numpy(np.ascontiguousarray(self.backend.probs(batch), dtype=np.float32))
+        out = self.backend.probs_tensor(batch)  # a torch backend keeps it on its device for the upsampling
         m = len(self.backend.categories)
-        expected = (batch.shape[0], m, *grid_size(*batch.shape[-2:], self.preprocessing["patch_size"]))
+        expected = (batch.shape[0], m, *self.preprocessing.grid(*batch.shape[-2:]))
         if tuple(out.shape) != expected:
             raise RuntimeError(f"backend {self.backend.name!r} returned probabilities of shape {tuple(out.shape)}, "
                                f"expected {expected}")
@@ -266,4 +192,4 @@ class Segmenter:
         k, it = self.refinement
         pre = self.preprocessing
         return (f"Segmenter(backend={self.backend.name}, {len(self.class_names)} classes, short side "
-                f"{pre['short_side']}, long side <= {pre['max_long_side']}, refinement k={k} x{it})")
+                f"{pre.short_side}, long side <= {pre.max_long_side}, refinement k={k} x{it})")

@@ -10,6 +10,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
+    "ALL_CATEGORIES": "world",
     "CONCEPTS": "world",
     "DEFAULT_CATEGORIES": "world",
     "SPLITS": "world",
@@ -20,6 +21,7 @@ _EXPORTS = {
     "make_scene": "world",
     "to_model_input": "world",
     "world_tokenizer": "vocab",
+    "world_words": "vocab",
     "write_bpe_files": "vocab",
     "WorldRecipe": "tiny_vlm",
     "build_world_checkpoint": "tiny_vlm",

@@ -66,7 +66,7 @@ def build_or_load_world_model(cache_dir: str | Path | None = None, seed: int = 0
     """Path of the world model's OFA checkpoint (``.../ofa_world.pt``), built on first use (about a minute on
     2 CPU cores for the default recipe) and then loaded from the cache.
 
-    Pass it to ``AdaptedModel.from_ofa(path, categories)`` or ``adapt``: the BPE files sit next to it, as
+    Pass it to ``AdaptedModel.unadapted_from_ofa(path, categories)`` or ``adapt``: the BPE files sit next to it, as
     with an official ``ofa_base.pt``. ``recipe`` overrides ``seed``/``categories`` (e.g. a reduced build for
     tests); ``rebuild=True`` ignores a valid entry.
     """

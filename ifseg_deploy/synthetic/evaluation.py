@@ -1,8 +1,9 @@
 """Measure a SegOFA model on world scenes: the model's own predictions, and the nearest-class-embedding
 classification of its projected image tokens (how close image tokens are to the words of their concept).
 
-mIoU follows IFSeg's metric: per-class intersection / union accumulated over all scenes, mean over the classes
-that occur (union > 0); predictions are made at 1/16 and bilinearly upsampled to the scene size.
+mIoU is IFSeg's metric, computed by :mod:`ifseg_deploy.evaluation.metrics`: per-class intersection / union
+accumulated over all scenes, mean over the classes that occur (union > 0); predictions are made at 1/16 and
+bilinearly upsampled to the scene size.
 """
 
 from __future__ import annotations
@@ -14,27 +15,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..evaluation.metrics import ConfusionMatrix
 from ..modeling.segofa import SegOFA
 from .world import to_model_input
 
-__all__ = ["alignment_scores", "confusion_matrix", "evaluate", "evaluate_alignment", "evaluate_model",
-           "miou_from_confusion"]
+__all__ = ["alignment_scores", "evaluate", "evaluate_alignment", "evaluate_model", "miou_from_confusion"]
 
 
-def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
-    """(K, K) int64 counts, rows = true class, columns = predicted (torchvision references' bincount)."""
-    idx = target.flatten().long() * num_classes + pred.flatten().long()
-    return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+def miou_from_confusion(conf: np.ndarray | Tensor) -> dict:
+    """``{"miou", "pixel_accuracy", "iou": per-class list (nan where the class never occurs)}`` of a (K, K)
+    confusion matrix (rows = true class, columns = predicted)."""
+    counts = np.asarray(conf, dtype=np.int64)
+    cm = ConfusionMatrix(counts.shape[0])
+    cm.mat += counts
+    return _summary(cm)
 
 
-def miou_from_confusion(conf: Tensor) -> dict:
-    """``{"miou", "pixel_accuracy", "iou": per-class list (nan where the class never occurs)}``."""
-    conf = conf.double()
-    inter = conf.diag()
-    union = conf.sum(0) + conf.sum(1) - inter
-    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.full_like(inter, float("nan")))
-    return {"miou": float(iou.nanmean()), "pixel_accuracy": float(inter.sum() / conf.sum().clamp(min=1)),
-            "iou": iou.tolist()}
+def _summary(cm: ConfusionMatrix) -> dict:
+    scores = cm.scores()
+    return {"miou": scores.miou, "pixel_accuracy": scores.aacc, "iou": scores.iou.tolist()}
 
 
 def alignment_scores(model: SegOFA, pixels: Tensor) -> Tensor:
@@ -47,16 +46,16 @@ def alignment_scores(model: SegOFA, pixels: Tensor) -> Tensor:
 def evaluate(score_fn: Callable[[Tensor], Tensor], scenes: Iterable[tuple[np.ndarray, np.ndarray]],
              num_classes: int, batch_size: int = 8) -> dict:
     """Run ``score_fn`` (pixels -> (B, M, h, w) scores) over ``(image, mask)`` pairs of equal size."""
-    conf = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    conf = ConfusionMatrix(num_classes)
     batch: list[tuple[np.ndarray, np.ndarray]] = []
 
     def flush() -> None:
         pixels = to_model_input(np.stack([im for im, _ in batch]))
-        target = torch.from_numpy(np.stack([m for _, m in batch]))
+        target = np.stack([m for _, m in batch])
         with torch.no_grad():
             scores = score_fn(pixels).float()
         up = F.interpolate(scores, size=target.shape[-2:], mode="bilinear", align_corners=False)
-        conf.add_(confusion_matrix(up.argmax(1), target, num_classes))
+        conf.update(target, up.argmax(1).numpy())
         batch.clear()
 
     for item in scenes:
@@ -65,7 +64,7 @@ def evaluate(score_fn: Callable[[Tensor], Tensor], scenes: Iterable[tuple[np.nda
             flush()
     if batch:
         flush()
-    return {**miou_from_confusion(conf), "confusion": conf.tolist()}
+    return {**_summary(conf), "confusion": conf.mat.tolist()}
 
 
 def evaluate_model(model: SegOFA, scenes: Iterable[tuple[np.ndarray, np.ndarray]], batch_size: int = 8) -> dict:

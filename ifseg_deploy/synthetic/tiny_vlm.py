@@ -10,6 +10,10 @@ Here the property is made directly, from a seed:
    covering that cell (a contrastive loss over all concepts plus a regression onto the right row);
 3. the transformer stays untrained (random): teaching it is the job of image-free adaptation.
 
+The recipe's categories decide the world: by default the original eight concepts (the demo's);
+:meth:`WorldRecipe.open_vocabulary` takes all sixteen, so that a name never used in adaptation still points at
+its concept's image tokens, as in OFA. The vocabulary follows the categories (see :mod:`.vocab`).
+
 The result is written as an official fairseq-layout OFA checkpoint (``ofa_world.pt`` with its ``encoder.json``,
 ``vocab.bpe``, ``dict.txt`` beside it), so it loads through the same code as a user's ``ofa_base.pt``.
 """
@@ -35,7 +39,7 @@ from ..modeling.init import random_init_, untrained_profile
 from ..modeling.segofa import SegOFA
 from ..presets import OFAConfig
 from .vocab import name_tokens, world_tokenizer, write_bpe_files
-from .world import CONCEPTS, DEFAULT_CATEGORIES, TRAIN_SEEDS, make_scene, to_model_input
+from .world import ALL_CATEGORIES, CONCEPTS, DEFAULT_CATEGORIES, TRAIN_SEEDS, make_scene, to_model_input
 
 __all__ = [
     "BUILD_FORMAT",
@@ -87,6 +91,12 @@ class WorldRecipe:
         if min(self.steps, self.batch_size, self.pool_scenes) < 1:
             raise ValueError("steps, batch_size and pool_scenes must be >= 1")
 
+    @classmethod
+    def open_vocabulary(cls, seed: int = 0, **overrides) -> WorldRecipe:
+        """The 16-concept world (:data:`ALL_CATEGORIES`): image tokens of every concept aligned with its name, for
+        adapting on some names and testing on names never adapted to. Other fields as given, else the default."""
+        return cls(seed=seed, categories=ALL_CATEGORIES, **overrides)
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["categories"] = list(self.categories)
@@ -106,7 +116,7 @@ def world_config(recipe: WorldRecipe | None = None) -> OFAConfig:
     r = recipe or WorldRecipe()
     return OFAConfig("custom", d_model=r.d_model, ffn_dim=r.ffn_dim, heads=r.heads, encoder_layers=r.encoder_layers,
                      decoder_layers=r.decoder_layers, resnet_type="resnet-mini", resnet_width=r.resnet_width,
-                     vocab_rows=world_tokenizer().num_embeddings)
+                     vocab_rows=world_tokenizer(r.categories).num_embeddings)
 
 
 # ---- training of the image side ---------------------------------------------------------------------------------
@@ -230,7 +240,7 @@ def _build(recipe: WorldRecipe, progress: bool) -> tuple[SegOFA, dict]:
     # already segments (measured mIoU 0.27-0.59 over 4 seeds); with gain 1 that leak still reached 0.19 on one
     # seed of 4.
     random_init_(model, recipe.seed, untrained_profile(recipe.transformer_gain))
-    tok = world_tokenizer()
+    tok = world_tokenizer(recipe.categories)
     model.set_prompt(tok.prompt_ids(recipe.categories), tok.name_tokens(recipe.categories))
     start = time.perf_counter()
     stats = train_image_side(model, recipe, progress)
@@ -257,6 +267,6 @@ def build_world_checkpoint(out_dir: str | Path, recipe: WorldRecipe | None = Non
     start = time.perf_counter()
     model, stats = build_world_model(recipe, progress, threads)
     torch.save({"model": checkpoint_state(model)}, out / CHECKPOINT_NAME)
-    write_bpe_files(out)
+    write_bpe_files(out, recipe.categories)
     return {"recipe": recipe.to_dict(), "key": recipe.key(), "stats": stats,
             "build_seconds": round(time.perf_counter() - start, 1)}

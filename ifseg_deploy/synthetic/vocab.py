@@ -1,9 +1,14 @@
 """The world model's tiny byte-level BPE vocabulary, built by hand (no trainer, so it never changes).
 
 All 256 byte symbols are pieces (any text encodes without ``<unk>``), plus one merge chain per word of the
-IFSeg prompt, ``unknown`` and the concept names. ``forest`` is deliberately two pieces (" for" + "est") so that
-the mean-of-sub-words class embedding is exercised. Written in the official OFA layout (``encoder.json``,
-``vocab.bpe``, ``dict.txt``) that the real loader reads.
+IFSeg prompt, ``unknown`` and the concept names. ``forest`` and ``carpet`` are deliberately two pieces
+(" for" + "est", " car" + "pet") so that the mean-of-sub-words class embedding is exercised. Written in the
+official OFA layout (``encoder.json``, ``vocab.bpe``, ``dict.txt``) that the real loader reads.
+
+The vocabulary depends on the world's concepts: the prompt's words, ``unknown`` and the eight default names
+always (so every world within the default concepts has exactly the vocabulary, ids and table size it always
+had), then the names of the other concepts the world uses, in :data:`CONCEPTS` order (appended: earlier ids
+never move).
 """
 
 from __future__ import annotations
@@ -15,9 +20,9 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..tokenizer import DEFAULT_PROMPT, UNKNOWN_NAME, OFATokenizer
-from .world import CONCEPTS
+from .world import CONCEPTS, DEFAULT_CATEGORIES
 
-__all__ = ["NUM_BINS", "NUM_CODES", "WORD_PIECES", "world_tokenizer", "write_bpe_files"]
+__all__ = ["NUM_BINS", "NUM_CODES", "WORD_PIECES", "world_tokenizer", "world_words", "write_bpe_files"]
 
 # Few image codes and location bins: OFA's table layout, at a size that keeps the token table small.
 NUM_CODES = 16
@@ -25,7 +30,7 @@ NUM_BINS = 10
 
 SPACE = "\u0120"  # GPT-2's byte-level symbol for " "
 # How each word must split (the first piece carries the leading space). Words not listed are one piece.
-_SPLITS: dict[str, tuple[str, ...]] = {"forest": ("for", "est")}
+_SPLITS: dict[str, tuple[str, ...]] = {"forest": ("for", "est"), "carpet": ("car", "pet")}
 
 
 def _byte_symbols() -> list[str]:
@@ -41,24 +46,35 @@ def _byte_symbols() -> list[str]:
     return [table[b] for b in range(256)]
 
 
-def _words() -> list[str]:
+def _base_words() -> list[str]:
     prompt_words = re.findall(r"[A-Za-z]+", DEFAULT_PROMPT)
-    return list(dict.fromkeys([*prompt_words, UNKNOWN_NAME, *CONCEPTS]))
+    return list(dict.fromkeys([*prompt_words, UNKNOWN_NAME, *DEFAULT_CATEGORIES]))
 
 
+def world_words(categories: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The words with their own pieces in the vocabulary of a world of ``categories`` (None: the default)."""
+    base = _base_words()
+    used = set(DEFAULT_CATEGORIES if categories is None else categories)
+    if not used <= CONCEPTS.keys():
+        raise ValueError(f"categories must be names from {list(CONCEPTS)}, got {categories}")
+    return (*base, *(c for c in CONCEPTS if c in used and c not in base))
+
+
+# Pieces of every word any world's vocabulary can hold (the first piece carries the leading space).
 WORD_PIECES: dict[str, tuple[str, ...]] = {
-    w: tuple((SPACE if i == 0 else "") + p for i, p in enumerate(_SPLITS.get(w, (w,)))) for w in _words()
+    w: tuple((SPACE if i == 0 else "") + p for i, p in enumerate(_SPLITS.get(w, (w,))))
+    for w in (*_base_words(), *CONCEPTS)
 }
 
 
-@lru_cache(maxsize=1)
-def _vocabulary() -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+@lru_cache(maxsize=8)
+def _vocabulary(words: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
     """(pieces in id order, merges in rank order): bytes first, then each piece's left-to-right merge chain."""
     pieces = _byte_symbols()
     known = set(pieces)
     merges: list[tuple[str, str]] = []
-    for word_pieces in WORD_PIECES.values():
-        for piece in word_pieces:
+    for word in words:
+        for piece in WORD_PIECES[word]:
             for k in range(2, len(piece) + 1):
                 if piece[:k] not in known:
                     merges.append((piece[:k - 1], piece[k - 1]))
@@ -67,22 +83,28 @@ def _vocabulary() -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
     return tuple(pieces), tuple(merges)
 
 
-@lru_cache(maxsize=1)
-def world_tokenizer() -> OFATokenizer:
-    """The vocabulary as an :class:`OFATokenizer` (fairseq id = piece index + 4); checks every word's split."""
-    pieces, merges = _vocabulary()
+def world_tokenizer(categories: Sequence[str] | None = None) -> OFATokenizer:
+    """The vocabulary of a world of ``categories`` (None: the default eight) as an :class:`OFATokenizer`
+    (fairseq id = piece index + 4); checks every word's split."""
+    return _tokenizer(world_words(categories))
+
+
+@lru_cache(maxsize=8)
+def _tokenizer(words: tuple[str, ...]) -> OFATokenizer:
+    pieces, merges = _vocabulary(words)
     tok = OFATokenizer({p: i + 4 for i, p in enumerate(pieces)}, merges, 4 + len(pieces), NUM_CODES, NUM_BINS)
-    for word, want in WORD_PIECES.items():
-        got = tuple(tok.pieces(word))
+    for word in words:
+        got, want = tuple(tok.pieces(word)), WORD_PIECES[word]
         if got != want:  # a merge chain of one word stole pairs of another: the vocabulary would be wrong
             raise RuntimeError(f"world vocabulary splits {word!r} into {got}, expected {want}")
     return tok
 
 
-def write_bpe_files(directory: str | Path) -> list[str]:
+def write_bpe_files(directory: str | Path, categories: Sequence[str] | None = None) -> list[str]:
     """Write ``encoder.json``, ``vocab.bpe``, ``dict.txt`` and ``tokenizer_config.json`` (num_codes/num_bins)
-    into ``directory``; ``OFATokenizer.from_dir`` on it equals :func:`world_tokenizer`."""
-    pieces, merges = _vocabulary()
+    of the vocabulary of a world of ``categories`` into ``directory``; ``OFATokenizer.from_dir`` on it equals
+    :func:`world_tokenizer` of the same categories."""
+    pieces, merges = _vocabulary(world_words(categories))
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     (out / "encoder.json").write_text(json.dumps({p: i for i, p in enumerate(pieces)}, ensure_ascii=False),
@@ -96,5 +118,5 @@ def write_bpe_files(directory: str | Path) -> list[str]:
 
 
 def name_tokens(names: Sequence[str]) -> list[list[int]]:
-    """Fairseq ids of each name in the world vocabulary."""
-    return world_tokenizer().name_tokens(names)
+    """Fairseq ids of each name in the vocabulary of the world of ``names``."""
+    return world_tokenizer(names).name_tokens(names)

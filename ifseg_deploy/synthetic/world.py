@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
+    "ALL_CATEGORIES",
     "CONCEPTS",
     "DEFAULT_CATEGORIES",
     "SPLITS",
@@ -41,22 +42,23 @@ class Concept:
 
     name: str
     color: tuple[float, float, float]  # mean RGB, 0..255
-    pattern: str  # "plain" | "stripes" | "bricks"
-    period: float = 8.0  # stripe period / brick width in pixels
+    pattern: str  # "plain" | "stripes" | "bricks" (running bond) | "tiles" (square grid)
+    period: float = 8.0  # stripe period / brick or tile width in pixels
     angle: float = 0.0  # pattern orientation in degrees (0 = horizontal bands)
     angle_jitter: float = 10.0
     contrast: float = 0.0  # pattern amplitude as a fraction of the brightness
     grain: float = 0.0  # per-pixel noise amplitude (0..255 units)
     blotch: float = 0.0  # amplitude of medium-scale noise (0..255 units)
     blotch_scale: float = 8.0  # its lattice spacing in pixels
-    mortar: tuple[float, float, float] = (200.0, 195.0, 185.0)  # bricks only
+    mortar: tuple[float, float, float] = (200.0, 195.0, 185.0)  # joints of bricks and tiles
 
 
-# Pairs that share a colour family (sky/water, grass/forest, sand/snow) differ in texture, so the world model
-# has to look at more than the mean colour of a cell.
+# Pairs that share a colour family (sky/water, grass/forest, sand/snow, wood/dirt, road/rock, brick/carpet)
+# differ in texture, so the world model has to look at more than the mean colour of a cell.
 CONCEPTS: dict[str, Concept] = {
     c.name: c
     for c in (
+        # The original eight: the default world (the demo's). Their scenes, vocabulary and model are frozen.
         Concept("sky", (125, 178, 232), "plain", grain=2.0, blotch=14.0, blotch_scale=24.0),
         Concept("grass", (82, 150, 58), "stripes", period=4.0, angle=90.0, angle_jitter=15.0, contrast=0.30,
                 grain=14.0),
@@ -68,9 +70,25 @@ CONCEPTS: dict[str, Concept] = {
         Concept("snow", (238, 242, 250), "plain", grain=4.0, blotch=6.0, blotch_scale=10.0),
         Concept("road", (96, 96, 101), "plain", grain=16.0, blotch=5.0, blotch_scale=6.0),
         Concept("forest", (36, 82, 40), "plain", grain=10.0, blotch=38.0, blotch_scale=5.0),
+        # Eight more for open-vocabulary work (ALL_CATEGORIES); new concepts go at the end.
+        Concept("wood", (150, 100, 58), "stripes", period=7.0, angle=0.0, angle_jitter=12.0, contrast=0.22,
+                grain=5.0),
+        Concept("dirt", (96, 70, 48), "plain", grain=20.0, blotch=18.0, blotch_scale=7.0),
+        Concept("tile", (64, 158, 160), "tiles", period=20.0, angle=0.0, angle_jitter=4.0, grain=3.0,
+                mortar=(222, 222, 214)),
+        Concept("carpet", (132, 50, 112), "plain", grain=24.0),
+        Concept("leaf", (156, 190, 42), "stripes", period=9.0, angle=45.0, angle_jitter=10.0, contrast=0.20,
+                grain=6.0),
+        Concept("rock", (132, 124, 114), "plain", grain=7.0, blotch=32.0, blotch_scale=14.0),
+        Concept("metal", (172, 178, 190), "stripes", period=3.0, angle=0.0, angle_jitter=3.0, contrast=0.10,
+                grain=3.0),
+        Concept("lava", (226, 96, 24), "plain", grain=8.0, blotch=48.0, blotch_scale=9.0),
     )
 }
-DEFAULT_CATEGORIES: tuple[str, ...] = tuple(CONCEPTS)
+# The world of the demo and of every default: the original eight concepts.
+DEFAULT_CATEGORIES: tuple[str, ...] = tuple(CONCEPTS)[:8]
+# Every concept: the open-vocabulary world (its model aligns all sixteen names; see WorldRecipe.open_vocabulary).
+ALL_CATEGORIES: tuple[str, ...] = tuple(CONCEPTS)
 
 
 def _resolve(categories: Sequence[str] | None) -> list[Concept]:
@@ -148,7 +166,12 @@ def _regions(rng: np.random.Generator, h: int, w: int, n: int) -> np.ndarray:
 
 # Columns of the per-region parameter table (gathered to pixels in one indexing operation).
 _LUM, _COS, _SIN, _PERIOD, _PHASE, _CONTRAST, _GRAIN, _BLOTCH, _KIND = range(9)
-_KINDS = ("plain", "stripes", "bricks")
+_KINDS = ("plain", "stripes", "bricks", "tiles")
+# Jointed patterns: courses (rows of units) per period and the shift of every other course, in units.
+# Bricks: half-height courses in running bond; tiles: a square grid.
+_JOINTED = {"bricks": (2.0, 0.5), "tiles": (1.0, 0.0)}
+# Columns of the per-region joint table (only gathered where a jointed region lies).
+_COURSES, _COURSE_HEIGHT, _BOND, _MORTAR_LUM = range(4)
 
 
 def _bbox(mask: np.ndarray) -> tuple[slice, slice] | None:
@@ -176,6 +199,19 @@ def _region_table(rng: np.random.Generator, table: list[Concept]) -> tuple[np.nd
     params[:, _BLOTCH] = [c.blotch for c in table]
     params[:, _KIND] = [_KINDS.index(c.pattern) for c in table]
     return params, (color / params[:, _LUM, None]).astype(np.float32)
+
+
+def _joint_table(table: list[Concept]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-region joints: (n, 4) float32 (zero courses: no joints) and (n, 3) mortar chroma. No randomness,
+    so scenes without jointed concepts draw exactly what they drew before tiles existed."""
+    joints = np.zeros((len(table), 4), np.float32)
+    mortar = np.array([c.mortar for c in table], np.float32)
+    for i, c in enumerate(table):
+        if c.pattern in _JOINTED:
+            courses, bond = _JOINTED[c.pattern]
+            joints[i, :3] = courses, 1 / courses, bond
+    joints[:, _MORTAR_LUM] = mortar.mean(1)
+    return joints, mortar / joints[:, _MORTAR_LUM, None]
 
 
 def make_scene(seed: int, size: tuple[int, int] = (256, 256), categories: Sequence[str] | None = None,
@@ -214,22 +250,22 @@ def make_scene(seed: int, size: tuple[int, int] = (256, 256), categories: Sequen
             light[box] += np.take(amplitude, region[box]) * _lattice_noise(rng, *region[box].shape, scale)
 
     lookup = region
-    box = _bbox(px[..., _KIND] == _KINDS.index("bricks"))
-    if box is not None:  # running bond: rows of height period/2, every other row shifted by half a brick
-        pb = px[box]
+    joints, mortar_chroma = _joint_table(table)
+    box = _bbox(np.take(joints[:, _COURSES] > 0, region))
+    if box is not None:  # courses of height period/courses, every other one shifted by ``bond`` units
+        pb, pj = px[box], np.take(joints, region[box], axis=0)
         p, ph = pb[..., _PERIOD], pb[..., _PHASE]
-        rows = (across[box] / p) * 2 + ph  # in units of brick rows, with a per-region offset
+        rows = (across[box] / p) * pj[..., _COURSES] + ph  # in units of courses, with a per-region offset
         row = np.floor(rows)
         along = yy[box[0]] * pb[..., _SIN] + xx[:, box[1]] * pb[..., _COS]
-        bricks = along / p + ph + (row.astype(np.int64) & 1) * 0.5  # in units of bricks, odd rows shifted
-        joint = ((rows - row) * p * 0.5 < 1.6) | ((bricks - np.floor(bricks)) * p < 1.6)
-        joint &= pb[..., _KIND] == _KINDS.index("bricks")
-        mortar = np.array(CONCEPTS["brick"].mortar, np.float32)
+        units = along / p + ph + (row.astype(np.int64) & 1) * pj[..., _BOND]  # in units, odd courses shifted
+        joint = ((rows - row) * p * pj[..., _COURSE_HEIGHT] < 1.6) | ((units - np.floor(units)) * p < 1.6)
+        joint &= pj[..., _COURSES] > 0
         noise = 1 + 0.03 * rng.standard_normal(joint.shape, dtype=np.float32)
-        light[box] = np.where(joint, mortar.mean() * noise, light[box])
-        chroma = np.concatenate([chroma, (mortar / mortar.mean())[None]])
+        light[box] = np.where(joint, pj[..., _MORTAR_LUM] * noise, light[box])
+        chroma = np.concatenate([chroma, mortar_chroma])
         lookup = region.copy()
-        lookup[box] = np.where(joint, n, region[box])  # index n = the mortar's colour
+        lookup[box] = np.where(joint, n + region[box], region[box])  # index n + i = region i's mortar colour
 
     # Colour channel by channel: (H, W) gathers are much cheaper than one (H, W, 3) gather.
     image = np.empty((h, w, 3), np.uint8)
@@ -240,14 +276,16 @@ def make_scene(seed: int, size: tuple[int, int] = (256, 256), categories: Sequen
 
 
 def to_model_input(images: np.ndarray | Sequence[np.ndarray]):  # -> torch.Tensor
-    """uint8 RGB (H, W, 3) or (B, H, W, 3) -> float32 (B, 3, H, W) with OFA's normalisation (x/255 - 0.5) / 0.5."""
+    """uint8 RGB (H, W, 3) or (B, H, W, 3) -> float32 (B, 3, H, W) with OFA's normalisation (x/255 - 0.5) / 0.5,
+    the runtime's :func:`~ifseg_deploy.preprocessing.normalize` (scenes are made at the model's input size)."""
     import torch
+
+    from ..preprocessing import normalize
 
     arr = np.asarray(images if isinstance(images, np.ndarray) else np.stack(list(images)))
     if arr.ndim == 3:
         arr = arr[None]
-    x = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float()
-    return (x / 255.0 - 0.5) / 0.5
+    return torch.from_numpy(np.stack([normalize(image) for image in arr]))
 
 
 class SyntheticScenes(Sequence):

@@ -3,8 +3,9 @@
 Device and pinned host buffers are allocated once for the largest shape of the engine's profile, their
 addresses bound to the execution context once, and every call copies in and out asynchronously on one stream
 (TensorRT 10: ``set_input_shape`` / ``set_tensor_address`` / ``execute_async_v3``). An engine is only run
-after its sidecar vouches for it (:mod:`.engine_cache`): built by ifseg-deploy, intact, and for this TensorRT
-version and GPU. Given an .onnx file instead, the engine comes from the engine cache, built first if needed.
+after its sidecar vouches for it (:mod:`ifseg_deploy.runtime.engine_file`): built by ifseg-deploy, intact, and
+for this TensorRT version and GPU. This module loads engines and never builds one: building takes minutes and
+is the export stage's job (``ifseg-deploy export --format tensorrt``, :mod:`ifseg_deploy.export.trt_build`).
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ifseg_deploy.runtime.backend import Backend
-
-from .engine_cache import EngineCache, read_engine
-from .metadata import INPUT_NAME, PROBS_NAME, ModelInfo
-from .trt_build import BuildOptions, TensorRTUnavailableError, build_or_load, device_environment, import_pycuda
-from .trt_build import import_tensorrt as _import_tensorrt
+from ...devices import cuda_index
+from ...errors import BackendError, UsageError
+from ..backend import Backend, require_refinement
+from ..engine_file import EngineEnvironment, EngineFileError, check_environment, read_engine
+from ..model_info import INPUT_NAME, PROBS_NAME, ModelInfo
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -28,19 +28,47 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def _device_index(device: str | int | None) -> int:
-    if device == "cpu":
-        # The CLI's default device; TensorRT has no CPU mode, so say what happens instead of failing.
-        log.warning("the tensorrt backend runs on the GPU; device 'cpu' means cuda:0 here")
-        return 0
-    if device is None or device in ("auto", "cuda", "tensorrt"):
-        return 0
-    if isinstance(device, int):
-        return device
-    if str(device).startswith("cuda:"):
-        return int(str(device).split(":", 1)[1])
-    raise TensorRTUnavailableError(f"the tensorrt backend runs on a CUDA GPU; device {device!r} is not one "
-                                   "(use cuda, cuda:N or auto)")
+class TensorRTUnavailableError(BackendError):
+    """TensorRT (or pycuda, or a CUDA GPU) is missing."""
+
+
+def import_tensorrt() -> Any:
+    """The ``tensorrt`` module, or :class:`TensorRTUnavailableError` saying how to get it."""
+    try:
+        import tensorrt
+    except ImportError as e:
+        raise TensorRTUnavailableError(
+            f"TensorRT is not installed ({e}). On a Jetson it comes with JetPack (python3-libnvinfer); on an x86 "
+            "host: pip install 'ifseg-deploy[trt]'. Without TensorRT, export --format onnx and build the engine "
+            "on the device") from None
+    major = int(str(tensorrt.__version__).split(".")[0])
+    if major < 10:
+        raise TensorRTUnavailableError(f"TensorRT {tensorrt.__version__} is too old; ifseg-deploy needs TensorRT >= 10")
+    return tensorrt
+
+
+def import_pycuda() -> Any:
+    try:
+        import pycuda.driver as cuda
+    except ImportError as e:
+        raise TensorRTUnavailableError(f"pycuda is not installed ({e}): pip install pycuda") from None
+    try:
+        cuda.init()
+        if cuda.Device.count() < 1:
+            raise TensorRTUnavailableError("no CUDA GPU is visible")
+    except cuda.Error as e:
+        raise TensorRTUnavailableError(f"CUDA is not usable here: {e}") from None
+    return cuda
+
+
+def device_environment(device_index: int = 0) -> EngineEnvironment:
+    """This machine's TensorRT version, GPU name and compute capability (the machine half of an
+    :class:`EngineKey`), queried from TensorRT and CUDA."""
+    version = import_tensorrt().__version__
+    cuda = import_pycuda()
+    dev = cuda.Device(device_index)
+    major, minor = dev.compute_capability()
+    return EngineEnvironment(str(version), str(dev.name()), f"{major}.{minor}")
 
 
 class TensorRTBackend(Backend):
@@ -49,13 +77,13 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
 
     def __init__(self, plan: bytes, info: ModelInfo, device_index: int = 0, path: Path | None = None) -> None:
-        _import_tensorrt()  # a clear error where TensorRT is missing
+        import_tensorrt()  # a clear error where TensorRT is missing
         import tensorrt as trt
 
         cuda = import_pycuda()
         self.info, self.path = info, path
         self.categories = list(info.categories)
-        self.preprocessing = dict(info.preprocessing)
+        self.preprocessing = info.preprocessing
         self.refinement = tuple(info.refinement)  # type: ignore[assignment]
         self.fixed_input_size = info.input.fixed_size
         self.device = f"cuda:{device_index}"
@@ -67,7 +95,7 @@ class TensorRTBackend(Backend):
             self._runtime: trt.Runtime | None = trt.Runtime(self._logger)
             engine = self._runtime.deserialize_cuda_engine(plan)
             if engine is None:
-                raise RuntimeError(f"TensorRT could not deserialize {path or 'the engine'} (see its error above)")
+                raise EngineFileError(f"TensorRT could not deserialize {path or 'the engine'} (see its error above)")
             self._engine: trt.ICudaEngine | None = engine
             context = engine.create_execution_context()
             self._context: trt.IExecutionContext | None = context
@@ -76,7 +104,7 @@ class TensorRTBackend(Backend):
             names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
             self._outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
             if INPUT_NAME not in names or PROBS_NAME not in self._outputs:
-                raise RuntimeError(f"engine tensors {names}: expected {INPUT_NAME!r} -> {PROBS_NAME!r}")
+                raise EngineFileError(f"engine tensors {names}: expected {INPUT_NAME!r} -> {PROBS_NAME!r}")
             for name in names:
                 dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
                 count = int(np.prod(self._max_shape(name)))
@@ -98,26 +126,30 @@ class TensorRTBackend(Backend):
         return (batch, h, w)  # labels
 
     @classmethod
-    def from_file(cls, path: str | Path, *, device: str | int | None = None, precision: str | None = None,
-                  cache_dir: str | Path | None = None, rebuild: bool = False,
-                  workspace_bytes: int | None = None, echo: Any = None) -> TensorRTBackend:
-        """Open ``model.engine`` (checked against its sidecar and this machine) or ``model.onnx`` (engine from the
-        cache in ``cache_dir``, built if absent or stale; ``precision`` fp16 by default, int8 for a Q/DQ file)."""
-        path = Path(path)
-        index = _device_index(device)
-        say = echo or log.info
-        if path.suffix.lower() == ".onnx":
-            from .ort_backend import OrtBackend
+    def from_file(cls, path: str | Path, *, device: str | int | None = None,
+                  refinement: tuple[int, int] | None = None,
+                  environment: EngineEnvironment | None = None) -> TensorRTBackend:
+        """Open ``model.engine``, checked against its sidecar and the machine it is to run on.
 
-            info = OrtBackend._read_info(path)
-            prec = precision or ("int8" if info.precision == "int8" else "fp16")
-            options = BuildOptions(prec, workspace_bytes or BuildOptions.workspace_bytes)
-            plan, _, engine_path = build_or_load(path, info, options, EngineCache(cache_dir), index, rebuild, say)
-            info.precision = prec
-            return cls(plan, info, index, engine_path)
-        env = device_environment(index)
-        plan, record = read_engine(path, environment=env)
+        The checks run before TensorRT is even imported: the sidecar is present and well-formed, the plan matches
+        the sidecar's SHA-256, and the TensorRT version, GPU name and compute capability it was built with are
+        those of ``environment`` (default: this machine, as TensorRT and CUDA report it). A failed check raises
+        :class:`~ifseg_deploy.runtime.engine_file.CorruptEngineError` or
+        :class:`~ifseg_deploy.runtime.engine_file.StaleEngineError` saying what differs; the plan is never
+        deserialized. ``refinement``, when given, must be the one the engine was exported with.
+        """
+        path = Path(path)
+        if path.suffix.lower() == ".onnx":
+            raise UsageError(f"{path} is an ONNX file; the tensorrt backend runs engines, and building one takes "
+                             "minutes. Build it once on this device: `ifseg-deploy export --model "
+                             f"{path} --format tensorrt --out model.engine` (or "
+                             "ifseg_deploy.export.trt_build.build_or_load), then load model.engine")
+        index = cuda_index(device)
+        plan, record = read_engine(path)  # present, sidecar, checksum: no TensorRT needed
+        here = environment if environment is not None else device_environment(index)
+        check_environment(path, record["key"], here)
         info = ModelInfo.from_props(record["metadata"], str(path))
+        require_refinement(path, tuple(info.refinement), refinement)
         return cls(plan, info, index, path)
 
     # -- Backend ------------------------------------------------------------------------------------------------

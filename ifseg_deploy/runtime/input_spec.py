@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ifseg_deploy.errors import InputError
+
 Size = tuple[int, int]
 
 #: Defaults of ``--dynamic``: the short side is 512 after preprocessing; 1024 caps what a Jetson's memory
@@ -19,7 +21,7 @@ DEFAULT_OPT: Size = (512, 683)
 DEFAULT_MAX: Size = (1024, 1024)
 
 
-class SpecError(ValueError):
+class SpecError(InputError):
     """An impossible input specification (sizes out of order, too small for the refinement, ...)."""
 
 

@@ -1,5 +1,8 @@
-"""IFSeg's evaluation geometry (``ifseg_method.md`` §4): the resize rule, the bilinear resampling and the
-upsampling of probabilities back to the original image, memory-bounded for very large images.
+"""The one definition of IFSeg's preprocessing (``ifseg_method.md`` §4): :class:`PreprocessConfig` (saved in a
+model directory's config.json and an exported file's metadata) and the single implementation of the resize rule,
+the bilinear resampling, the normalisation and the upsampling of probabilities back to the original image,
+memory-bounded for very large images. The Segmenter, the export's calibration and parity inputs and the synthetic
+world all call :func:`preprocess`.
 
 **Size rule** (mmcv ``imrescale`` with mmseg ``Resize(img_scale=(2048, 512), keep_ratio=True)``):
 ``factor = min(max_long_side / long, short_side / short)``, each side becomes ``int(side * factor + 0.5)``
@@ -19,19 +22,98 @@ row block by row block, so a 100-megapixel image never holds an (M, H, W) float 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import dataclasses
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from .errors import InputError
 
 #: Elements (per intermediate array) that one block of rows may use when resampling: 2**22 floats = 16 MiB
 #: (smaller blocks stay in cache and run faster than one whole-image pass).
 BLOCK_ELEMENTS = 1 << 22
 
 
-def resized_size(height: int, width: int, short_side: int | None = 512,
-                 max_long_side: int | None = 2048) -> tuple[int, int]:
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How images become model input: the paper's evaluation preprocessing by default (short side 512, long side
+    at most 2048, bilinear, RGB / 255 normalised with mean = std = 0.5; the model's grid is ceil(H/16) x
+    ceil(W/16)). ``short_side`` / ``max_long_side`` None drop that constraint."""
+
+    short_side: int | None = 512
+    max_long_side: int | None = 2048
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    patch_size: int = 16
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if self.interpolation != "bilinear":
+            raise InputError(f"preprocessing interpolation {self.interpolation!r} is not supported (only "
+                             "'bilinear')")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise InputError(f"preprocessing needs 3 means and 3 positive stds, got {self.mean}, {self.std}")
+        for name in ("short_side", "max_long_side"):
+            value = getattr(self, name)
+            if value is not None and int(value) < 1:
+                raise InputError(f"preprocessing {name} must be >= 1 (got {value})")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | PreprocessConfig | None) -> PreprocessConfig:
+        """From the saved form (config.json, ONNX metadata); missing keys take the defaults, unknown ones are
+        refused (a file written by a newer version that preprocesses differently must not be misread)."""
+        if isinstance(d, PreprocessConfig):
+            return d
+        d = dict(d or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise InputError(f"unknown preprocessing settings {unknown}; this version knows {sorted(known)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    def replace(self, **changes: Any) -> PreprocessConfig:
+        """A copy with ``changes``; None values leave a field as it is."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def __getitem__(self, key: str) -> Any:
+        # Preprocessing used to be a plain dict; keep ``cfg["short_side"]`` working for one release.
+        warnings.warn("preprocessing is a PreprocessConfig now: use attributes (cfg.short_side)",
+                      DeprecationWarning, stacklevel=2)
+        return self.to_dict()[key]
+
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        """(H', W') an (H, W) image is resized to."""
+        return resized_size(height, width, self.short_side, self.max_long_side)
+
+    def grid(self, height: int, width: int) -> tuple[int, int]:
+        """The model's output grid for an input of (H', W')."""
+        return grid_size(height, width, self.patch_size)
+
+
+def preprocess(rgb: np.ndarray, cfg: PreprocessConfig, size: Sequence[int] | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (3, H', W') float32 model input: resized to ``size`` (default: ``cfg``'s rule)
+    and normalised."""
+    size = cfg.input_size(*rgb.shape[:2]) if size is None else size
+    return normalize(resize_image(rgb, size), cfg.mean, cfg.std)
+
+
+_DEFAULT = PreprocessConfig()
+
+
+def resized_size(height: int, width: int, short_side: int | None = _DEFAULT.short_side,
+                 max_long_side: int | None = _DEFAULT.max_long_side) -> tuple[int, int]:
     """(H, W) -> (H', W') by the mmseg keep-ratio rule; ``None`` drops a constraint (both None: unchanged)."""
     if height < 1 or width < 1:
         raise ValueError(f"empty image ({height}x{width})")
@@ -50,7 +132,7 @@ def resized_size(height: int, width: int, short_side: int | None = 512,
     return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
 
 
-def grid_size(height: int, width: int, patch_size: int = 16) -> tuple[int, int]:
+def grid_size(height: int, width: int, patch_size: int = _DEFAULT.patch_size) -> tuple[int, int]:
     """The model's output grid for an input of (H', W'): (ceil(H'/16), ceil(W'/16))."""
     return -(-height // patch_size), -(-width // patch_size)
 
@@ -112,8 +194,8 @@ def resize_image(image: np.ndarray, size: Sequence[int], block_elements: int = B
     return out
 
 
-def normalize(image: np.ndarray, mean: Sequence[float] = (0.5, 0.5, 0.5),
-              std: Sequence[float] = (0.5, 0.5, 0.5)) -> np.ndarray:
+def normalize(image: np.ndarray, mean: Sequence[float] = _DEFAULT.mean,
+              std: Sequence[float] = _DEFAULT.std) -> np.ndarray:
     """(H, W, 3) uint8 -> (3, H, W) float32: ToTensor (/255) then Normalize(mean, std)."""
     x = image.astype(np.float32).transpose(2, 0, 1) / np.float32(255)
     m = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)

@@ -1,7 +1,7 @@
 """The self-description stored in an exported ONNX file's ``metadata_props`` (and beside a TensorRT engine).
 
 Everything a runtime needs besides the graph: category names, preprocessing, refinement, accepted input sizes,
-precision. ``OrtBackend.from_file("model.onnx")`` reads it, so the .onnx file alone is a deployable model.
+precision. The ONNX Runtime backend reads it, so the .onnx file alone is a deployable model.
 Values are strings (ONNX's rule); structured ones are JSON.
 """
 
@@ -9,23 +9,26 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from ifseg_deploy.refine import PAPER_REFINEMENT
-
-from .spec import InputSpec, SpecError
+from ..artifacts import check_artifact, incomplete
+from ..errors import ArtifactError
+from ..preprocessing import PreprocessConfig
+from ..refine import PAPER_REFINEMENT
+from .input_spec import InputSpec, SpecError
+from .registry import PRECISIONS
 
 FORMAT = "ifseg-deploy/onnx"
 FORMAT_VERSION = 1
 PREFIX = "ifseg."
-PRECISIONS = ("fp32", "fp16", "int8")
 
 INPUT_NAME = "pixels"
 PROBS_NAME = "probs"
 LABELS_NAME = "labels"
 
 
-class MetadataError(ValueError):
+class MetadataError(ArtifactError):
     """An ONNX file without (or with broken) ifseg-deploy metadata."""
 
 
@@ -34,7 +37,7 @@ class ModelInfo:
     """What the exported graph is and how to feed it."""
 
     categories: list[str]
-    preprocessing: dict[str, Any]
+    preprocessing: PreprocessConfig
     input: InputSpec
     precision: str = "fp32"
     refinement: tuple[int, int] = PAPER_REFINEMENT  # (k, iterations); (1, 0) = none
@@ -45,12 +48,15 @@ class ModelInfo:
     #: e.g. the calibration of an INT8 model, the parity report of the export
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.preprocessing = PreprocessConfig.from_dict(self.preprocessing)
+
     def to_props(self) -> dict[str, str]:
         values: dict[str, Any] = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "categories": self.categories,
-            "preprocessing": self.preprocessing,
+            "preprocessing": self.preprocessing.to_dict(),
             "input": self.input.to_dict(),
             "precision": self.precision,
             "refinement": {"k": self.refinement[0], "iterations": self.refinement[1]},
@@ -79,7 +85,7 @@ class ModelInfo:
             refinement = j("refinement")
             info = cls(
                 categories=[str(c) for c in j("categories")],
-                preprocessing=dict(j("preprocessing")),
+                preprocessing=PreprocessConfig.from_dict(j("preprocessing")),
                 input=InputSpec.from_dict(j("input")),
                 precision=props[PREFIX + "precision"],
                 refinement=(int(refinement["k"]), int(refinement["iterations"])),
@@ -112,3 +118,27 @@ def write_metadata(model: Any, info: ModelInfo) -> None:
 def read_metadata(model: Any, source: str = "the model") -> ModelInfo:
     """From an ``onnx.ModelProto``."""
     return ModelInfo.from_props({p.key: p.value for p in model.metadata_props}, source)
+
+
+def load_onnx(path: str | Path) -> Any:
+    """The ``onnx.ModelProto`` of an .onnx file, without external weights (only the graph and metadata are
+    needed to describe it). A missing, empty, truncated or non-ONNX file raises
+    :class:`~ifseg_deploy.artifacts.ArtifactError` ("... is not a complete ONNX file"), not protobuf's
+    ``DecodeError``."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    p = check_artifact(path, "onnx")
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except DecodeError as e:
+        raise incomplete(p, "onnx", f"protobuf cannot decode it ({e})") from None
+    # Protobuf reads a file cut between two fields (or a few stray bytes) as a valid but partial message.
+    if model.ir_version <= 0 or not model.HasField("graph") or not len(model.graph.node):
+        raise incomplete(p, "onnx", "it holds no model graph")
+    return model
+
+
+def read_info(path: str | Path) -> ModelInfo:
+    """The :class:`ModelInfo` of an exported .onnx file (see :func:`load_onnx` for what is refused)."""
+    return read_metadata(load_onnx(path), str(path))

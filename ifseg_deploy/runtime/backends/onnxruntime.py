@@ -9,7 +9,6 @@ preprocessing, refinement, accepted sizes, precision) comes from the file's meta
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import io
 from collections.abc import Sequence
@@ -18,49 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from ifseg_deploy.runtime.backend import Backend
+from ...artifacts import check_artifact
+from ...errors import BackendError
+from ..backend import Backend, require_refinement
+from ..model_info import INPUT_NAME, PROBS_NAME, MetadataError, ModelInfo, read_info
+from .ort_providers import CPU_EP, CUDA_EP, TRT_EP, device_id, providers_for
 
-from .metadata import INPUT_NAME, PROBS_NAME, MetadataError, ModelInfo
-
-TRT_EP, CUDA_EP, CPU_EP = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
-PREFERENCE = (TRT_EP, CUDA_EP, CPU_EP)
-
-
-def _ort() -> Any:
-    import onnxruntime as ort
-
-    return ort
-
-
-@functools.lru_cache(maxsize=1)
-def usable_providers() -> tuple[str, ...]:
-    """Providers that really load here: a session on a tiny model per listed provider (``envinfo``'s probe;
-    onnxruntime-gpu lists CUDA and TensorRT even where their libraries are missing). Cached per process."""
-    from ifseg_deploy.envinfo import probe_onnxruntime
-
-    usable = probe_onnxruntime(test_providers=True).get("providers_usable")
-    return tuple(usable) if usable else (CPU_EP,)
-
-
-def default_providers(device: str | None) -> list[str]:
-    """Providers for ``device``: "cpu" -> CPU; "cuda[:N]" -> CUDA then CPU; "tensorrt" -> TensorRT, CUDA,
-    CPU; None / "auto" -> the usable ones among :data:`PREFERENCE`, in that order. Explicit choices are not
-    filtered (a GPU provider that then fails to load is an error in :meth:`OrtBackend.from_file`)."""
-    d = "auto" if device is None else str(device).lower()
-    if d == "cpu":
-        return [CPU_EP]
-    if d.startswith("cuda"):
-        return [CUDA_EP, CPU_EP]
-    if d in ("tensorrt", "trt"):
-        return [TRT_EP, CUDA_EP, CPU_EP]
-    usable = usable_providers()
-    return [p for p in PREFERENCE if p in usable] or [CPU_EP]
-
-
-def _device_id(device: str | None) -> int:
-    if device and ":" in str(device):
-        return int(str(device).rsplit(":", 1)[1])
-    return 0
+__all__ = ["CPU_EP", "CUDA_EP", "TRT_EP", "OrtBackend"]
 
 
 class OrtBackend(Backend):
@@ -68,48 +31,51 @@ class OrtBackend(Backend):
 
     name = "onnxruntime"
 
-    def __init__(self, session: Any, info: ModelInfo, path: Path | None = None) -> None:
+    def __init__(self, session: Any, info: ModelInfo, path: Path | None = None, session_options: Any = None) -> None:
         self.session = session
         self.info = info
         self.path = path
         self.categories = list(info.categories)
-        self.preprocessing = dict(info.preprocessing)
+        self.preprocessing = info.preprocessing
         self.refinement = tuple(info.refinement)  # type: ignore[assignment]
         self.fixed_input_size = info.input.fixed_size
         self.providers = list(session.get_providers())
         self.device = "cuda" if any(p in (TRT_EP, CUDA_EP) for p in self.providers) else "cpu"
+        self.session_options = session_options
         inputs = [i.name for i in session.get_inputs()]
         if INPUT_NAME not in inputs or PROBS_NAME not in [o.name for o in session.get_outputs()]:
             raise MetadataError(f"{path or 'the model'} has inputs {inputs}; expected {INPUT_NAME!r} -> "
                                 f"{PROBS_NAME!r} (an ifseg-deploy export)")
         shape = session.get_inputs()[0].shape
         # A static batch dimension (exports with max batch 1) takes one image per run.
-        self._batch_limit = shape[0] if isinstance(shape[0], int) else None
+        self.max_batch = shape[0] if isinstance(shape[0], int) else info.input.max_batch
 
     @classmethod
-    def from_file(cls, path: str | Path, *, device: str | None = None, providers: Sequence[str] | None = None,
-                  provider_options: dict[str, dict[str, Any]] | None = None, fp16: bool = False,
-                  trt_cache_dir: str | Path | None = None, trt_workspace_bytes: int = 1 << 30,
+    def from_file(cls, path: str | Path, *, device: str | None = None, refinement: tuple[int, int] | None = None,
+                  providers: Sequence[str] | None = None, provider_options: dict[str, dict[str, Any]] | None = None,
+                  fp16: bool = False, trt_cache_dir: str | Path | None = None, trt_workspace_bytes: int = 1 << 30,
                   threads: int | None = None, session_options: Any = None) -> OrtBackend:
         """Open an exported .onnx file; nothing else is needed beside it.
 
-        ``device``: "cpu", "cuda[:N]", "tensorrt" or None/"auto" (see :func:`default_providers`);
+        ``device``: "cpu", "cuda[:N]", "tensorrt" or None/"auto" (see
+        :func:`~ifseg_deploy.runtime.backends.ort_providers.providers_for`); ``refinement``, when given, must be the
+        one the file was exported with;
         ``providers`` overrides the choice. ``provider_options`` ({provider: {option: value}}) are merged over
         the defaults: for TensorRT an engine cache in ``trt_cache_dir`` (default beside the model),
         ``trt_workspace_bytes``, fp16 when ``fp16`` (with LayerNorm kept in fp32), INT8 for Q/DQ models, and the
         shape profile of a dynamic export; for CUDA the device id. An explicitly asked GPU provider that fails
         to load is an error; with device None/"auto" the session falls back to what works.
         """
-        ort = _ort()
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such ONNX file")
+        import onnxruntime as ort
+
+        path = check_artifact(path, "onnx")
         opts = session_options or ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = int(threads)
         opts.log_severity_level = 3
-        wanted = list(providers) if providers else default_providers(device)
-        meta_info = cls._read_info(path)
+        wanted = list(providers) if providers else providers_for(device)
+        meta_info = read_info(path)
+        require_refinement(path, tuple(meta_info.refinement), refinement)
         options = cls._provider_options(wanted, meta_info, path, device, fp16, trt_cache_dir, trt_workspace_bytes)
         for p, extra in (provider_options or {}).items():
             options.setdefault(p, {}).update(extra)
@@ -122,26 +88,16 @@ class OrtBackend(Backend):
         missing = [p for p in wanted if p not in got]
         if missing:
             detail = printed.getvalue().strip().splitlines()
-            raise RuntimeError(f"onnxruntime could not load {', '.join(missing)} for {path} (loaded: "
+            raise BackendError(f"onnxruntime could not load {', '.join(missing)} for {path} (loaded: "
                                f"{', '.join(got)}){': ' + detail[1][:300] if len(detail) > 1 else ''}; check the "
                                "CUDA/cuDNN/TensorRT libraries that onnxruntime-gpu needs, or use device='cpu'")
-        return cls(session, meta_info, path)
-
-    @staticmethod
-    def _read_info(path: Path) -> ModelInfo:
-        import onnx
-
-        # load_external_data=False: only the graph's metadata is needed here, not the weights.
-        model = onnx.load(str(path), load_external_data=False)
-        from .metadata import read_metadata
-
-        return read_metadata(model, str(path))
+        return cls(session, meta_info, path, opts)
 
     @staticmethod
     def _provider_options(wanted: Sequence[str], info: ModelInfo, path: Path, device: str | None, fp16: bool,
                           cache_dir: str | Path | None, workspace: int) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
-        dev = _device_id(device)
+        dev = device_id(device)
         if CUDA_EP in wanted:
             out[CUDA_EP] = {"device_id": dev}
         if TRT_EP in wanted:
@@ -172,7 +128,7 @@ class OrtBackend(Backend):
             h, w = self.fixed_input_size
             raise ValueError(f"{self.path or 'this model'} was exported for {h}x{w} inputs only, got "
                              f"{x.shape[2]}x{x.shape[3]}; resize the image or export with --dynamic")
-        step = self._batch_limit or x.shape[0]
+        step = self.max_batch or x.shape[0]
         parts = [self.session.run([PROBS_NAME], {INPUT_NAME: x[i:i + step]})[0] for i in range(0, x.shape[0], step)]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
