@@ -104,17 +104,24 @@ def segment(inputs: tuple[str, ...], camera: int | None, model: str, out_dir: st
         seg = load_segmenter(model, backend, device, no_refine, refine_k, refine_iters, short_side, max_long_side)
         _segment_images(seg, items, Path(out_dir), save_probs=save_probs, alpha=alpha, no_progress=no_progress)
         return
-    seg = load_segmenter(model, backend, device, no_refine, refine_k, refine_iters, short_side, max_long_side)
     from ..atomic import atomic_write_text
-    from .segment_video import run_stream
+    from ..runtime.sources import open_source
+    from .segment_video import run_stream, stream_name
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "classes.txt", "".join(f"{n}\n" for n in seg.class_names))
+    source = open_source(stream_spec)  # a camera or URL that fails, fails before the model loads
     try:
-        status = run_stream(seg, stream_spec, out, alpha=alpha, save_labels=save_labels, max_frames=max_frames,
-                            duration=duration, batch=batch, smooth=smooth)
+        seg = load_segmenter(model, backend, device, no_refine, refine_k, refine_iters, short_side, max_long_side)
+    except BaseException:
+        source.close()
+        raise
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "classes.txt", "".join(f"{n}\n" for n in seg.class_names))
+        status = run_stream(seg, source, stream_name(stream_spec), out, alpha=alpha, save_labels=save_labels,
+                            max_frames=max_frames, duration=duration, batch=batch, smooth=smooth)
     finally:
+        source.close()
         seg.close()
     if status:
         sys.exit(status)

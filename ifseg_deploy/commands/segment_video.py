@@ -104,15 +104,13 @@ class Outputs:
         return self.video.close()
 
 
-def run_stream(seg: Any, spec: str | int, out: Path, *, alpha: float, save_labels: bool, max_frames: int | None,
-               duration: float | None, batch: int, smooth: float) -> int:
-    """Segment the stream ``spec`` into ``out``; print the summary; the exit status (1 after a source error)."""
+def run_stream(seg: Any, source: Any, name: str, out: Path, *, alpha: float, save_labels: bool,
+               max_frames: int | None, duration: float | None, batch: int, smooth: float) -> int:
+    """Segment the open ``source`` into ``out`` (files named after ``name``) and close it; print the summary;
+    the exit status (1 after a source error)."""
     from ..atomic import atomic_write_text
     from ..runtime.source_base import SourceError
-    from ..runtime.sources import open_source
 
-    source = open_source(spec)
-    name = stream_name(spec)
     error: str | None = None
     stopped = None
     try:
