@@ -219,7 +219,12 @@ class SegmentStream:
         if self._held is not None:
             item, self._held = self._held, None
             return item
-        return self._queue.get()
+        while not self._closed:  # closed from another thread: end instead of waiting for ever
+            try:
+                return self._queue.get(timeout=_JOIN_POLL_S * 4)
+            except queue.Empty:
+                continue
+        return _END
 
     def _next_batch(self) -> list[StreamResult]:
         items: list[_Item] = []
