@@ -91,11 +91,11 @@ def _pcts(seconds: list[float], name: str = "frame") -> dict[str, float]:
     return {f"{name}_p50_ms": float(np.percentile(ms, 50)), f"{name}_p99_ms": float(np.percentile(ms, 99))}
 
 
-def load(backend: str, path: str, size: tuple[int, int], threads: int) -> Any:
+def load(backend: str, path: str, size: tuple[int, int], threads: int, device: str) -> Any:
     from ifseg_deploy.runtime.segmenter import Segmenter
 
     options = {"threads": threads} if backend == "onnxruntime" else {}
-    return Segmenter.from_pretrained(path, backend=backend, short_side=min(size), **options)
+    return Segmenter.from_pretrained(path, backend=backend, device=device, short_side=min(size), **options)
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for backend, path, size in cases:
         video = write_pan_video(work / f"pan_{size[0]}x{size[1]}.avi", args.frames, FRAME_SIZES[size])
-        seg = load(backend, path, size, args.threads)
+        seg = load(backend, path, size, args.threads, args.device)
         assert tuple(seg.input_size(*FRAME_SIZES[size])) == size, (seg.input_size(*FRAME_SIZES[size]), size)
         for rnd in range(args.rounds):
             order = ("sequential", "pipelined") if rnd % 2 == 0 else ("pipelined", "sequential")
@@ -151,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--frames", type=int, default=40)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (both backends)")
     p.add_argument("--work", default="/tmp/stream_bench")
     p.add_argument("--out", default=None, help="write the rows as JSON here [default: WORK/rows.json]")
     args = p.parse_args(argv)
