@@ -113,12 +113,15 @@ def run_stream(seg: Any, source: Any, name: str, out: Path, *, alpha: float, sav
 
     error: str | None = None
     stopped = None
+    outputs = None
     try:
         outputs = Outputs(out, name, seg.class_names, source.fps or DEFAULT_FPS, alpha=alpha,
                           save_labels=save_labels)
         stream = seg.stream(source, batch=batch, smooth=smooth)
     except BaseException:
         source.close()
+        if outputs is not None:
+            outputs.close()
         raise
     t0 = time.monotonic()
     try:
