@@ -2,7 +2,8 @@
 
 Every ```python block of README.md runs in one namespace (later examples use what earlier ones made, as a
 reader would), in a folder holding the files the examples name: ``ofa_base.pt`` and ``OFA/utils/BPE`` (a tiny
-random OFA checkpoint), ``photo.jpg`` and ``model.onnx``. ``my_model`` is what the adapt example writes.
+random OFA checkpoint), ``photo.jpg``, ``clip.mp4`` (3 frames) and ``model.onnx``. ``my_model`` is what the adapt
+example writes.
 Only two kinds of change are made to the text, and each must still match the README (so a changed example
 cannot slip past):
 
@@ -101,6 +102,9 @@ def workdir(tmp_path_factory, fixed_export, tiny_model_dir):
     shutil.copy(fixed_export[0], root / "model.onnx")
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(root / "photo.jpg")
+    from helpers.stream import pan_frames, write_video
+
+    write_video(root / "clip.mp4", pan_frames(3, 48, 64), fps=30.0)  # the video examples' clip (needs [video])
     return root
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ from .backend import Backend
 from .categories import check_names, restrict_probs, subset_index
 from .images import load_image
 from .registry import BackendUnavailableError, load_backend
+
+if TYPE_CHECKING:
+    from .stream import SegmentStream
 
 __all__ = ["BackendUnavailableError", "SegmentationResult", "Segmenter"]
 
@@ -215,6 +218,16 @@ class Segmenter:
                     p = probs[j].cpu().numpy() if return_probs else None
                     results[i] = SegmentationResult(labels, self.class_names, p, size, sources[i])
         return [r for r in results if r is not None]
+
+    def stream(self, source: Any, *, batch: int = 1, smooth: float = 0.0, queue_size: int | None = None,
+               drop: bool | None = None) -> SegmentStream:
+        """Segment a video, camera, network stream, GStreamer pipeline, image folder or iterable of frames
+        (anything :func:`~.sources.open_source` takes): an iterator (and context manager) of
+        :class:`~.stream.StreamResult`, read ahead by a thread; see :mod:`.stream` for ``batch``, ``smooth``
+        (0..1, EMA of the probabilities), ``queue_size`` and ``drop`` (live sources drop the oldest frames)."""
+        from .stream import SegmentStream
+
+        return SegmentStream(self, source, batch=batch, smooth=smooth, queue_size=queue_size, drop=drop)
 
     def close(self) -> None:
         self.backend.close()
