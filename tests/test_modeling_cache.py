@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from ofa_fixture import randomize_, tiny_config
+from helpers.ofa import randomize_, tiny_config
 
 from ifseg_deploy.modeling.attention import MultiheadAttention
 from ifseg_deploy.modeling.segofa import SegOFA

@@ -79,15 +79,18 @@ class FrameSource:
         self.description = description
         self.frames_read = 0
         self._closed = False
+        self._fps: float | None = None  # what a subclass knows of these, it sets here
+        self._size: tuple[int, int] | None = None
         self._started = False
 
     @property
     def fps(self) -> float | None:
-        return None
+        return self._fps
 
     @property
     def size(self) -> tuple[int, int] | None:
-        return None
+        """(H, W): a capture's, or the first frame's once it was read."""
+        return self._size
 
     @property
     def frame_count(self) -> int | None:

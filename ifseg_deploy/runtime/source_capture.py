@@ -112,14 +112,6 @@ class CaptureSource(FrameSource):
         self._count = int(round(count)) if 0 < count < 2**62 else None
 
     @property
-    def fps(self) -> float | None:
-        return self._fps
-
-    @property
-    def size(self) -> tuple[int, int] | None:
-        return self._size
-
-    @property
     def frame_count(self) -> int | None:
         return None if self.live else self._count
 

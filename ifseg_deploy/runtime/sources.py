@@ -83,17 +83,7 @@ class ImageFolderSource(FrameSource):
         if not self.paths:
             raise SourceOpenError(f"{description}: no image files ({' '.join(IMAGE_EXTENSIONS)})")
         self._fps = _check_fps(fps)
-        self._size: tuple[int, int] | None = None
         self.skipped: list[tuple[Path, str]] = []
-
-    @property
-    def fps(self) -> float | None:
-        return self._fps
-
-    @property
-    def size(self) -> tuple[int, int] | None:
-        """The first frame's (H, W), once it was read."""
-        return self._size
 
     @property
     def frame_count(self) -> int:
@@ -130,17 +120,7 @@ class IterableSource(FrameSource):
         super().__init__(description or f"iterable {type(frames).__name__}")
         self._items = frames
         self._fps = _check_fps(fps)
-        self._size: tuple[int, int] | None = None
         self._count = len(frames) if isinstance(frames, Sized) else None
-
-    @property
-    def fps(self) -> float | None:
-        return self._fps
-
-    @property
-    def size(self) -> tuple[int, int] | None:
-        """The first frame's (H, W), once it was read."""
-        return self._size
 
     @property
     def frame_count(self) -> int | None:

@@ -105,27 +105,26 @@ def _copy_video(src: Path, dst: Path, *, raw: bool, drop_last: bool = False) -> 
         writer = None
         pending: tuple[np.ndarray, bool] | None = None
         n = 0
+
+        def put(data: np.ndarray, key: bool) -> None:
+            nonlocal writer, n
+            if writer is None:
+                writer = _open_writer(dst, fps, size, FOURCC, raw=raw)
+            if raw:
+                writer.set(cv2.VIDEOWRITER_PROP_KEY_FLAG, int(key))
+            writer.write(data)
+            n += 1
+
         try:
-            while cap.grab():
+            while cap.grab():  # one frame behind, so that the last one can be left out
                 ok, data = cap.retrieve()
                 if not ok:
                     break
-                key = bool(cap.get(cv2.CAP_PROP_LRF_HAS_KEY_FRAME)) if raw else False
                 if pending is not None:
-                    if writer is None:
-                        writer = _open_writer(dst, fps, size, FOURCC, raw=raw)
-                    if raw:
-                        writer.set(cv2.VIDEOWRITER_PROP_KEY_FLAG, int(pending[1]))
-                    writer.write(pending[0])
-                    n += 1
-                pending = (data, key)
+                    put(*pending)
+                pending = (data, bool(cap.get(cv2.CAP_PROP_LRF_HAS_KEY_FRAME)) if raw else False)
             if pending is not None and not drop_last:
-                if writer is None:
-                    writer = _open_writer(dst, fps, size, FOURCC, raw=raw)
-                if raw:
-                    writer.set(cv2.VIDEOWRITER_PROP_KEY_FLAG, int(pending[1]))
-                writer.write(pending[0])
-                n += 1
+                put(*pending)
         finally:
             if writer is not None:
                 writer.release()
