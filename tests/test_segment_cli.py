@@ -109,7 +109,8 @@ def test_segment_name_clashes_and_errors(tiny_model_dir_32, tmp_path):
 def test_precision_and_compile_reach_the_torch_backend(tiny_model_dir_32):
     from ifseg_deploy.commands.options import load_segmenter
 
-    with load_segmenter(str(tiny_model_dir_32), "torch", "cpu", False, None, None, None, None, "bf16") as seg:
+    with load_segmenter(str(tiny_model_dir_32), "torch", "cpu", False, None, None, None, None,
+                        precision="bf16") as seg:
         assert seg.backend.describe()["precision"] == "bf16"
     with load_segmenter(str(tiny_model_dir_32), "torch", "cpu", False, None, None, None, None) as seg:
         assert seg.backend.describe()["precision"] == "fp32"
