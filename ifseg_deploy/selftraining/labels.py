@@ -35,11 +35,12 @@ def pseudo_label(segmenter, images: Sequence[np.ndarray], on_image: LabelProgres
     if len(segmenter.class_names) > IGNORE:
         raise ValueError(f"pseudo-labels hold at most {IGNORE} classes (255 marks ignored pixels)")
     out = []
-    for i, rgb in enumerate(images):
-        result = segmenter(rgb, return_probs=True)
-        out.append(label_and_confidence(torch.from_numpy(result.probs), rgb.shape[:2]))
-        if on_image is not None:
-            on_image(i + 1, len(images))
+    step = segmenter.batch_size  # same-sized images of one call run as one batch
+    for b0 in range(0, len(images), step):
+        for result in segmenter.segment_many(images[b0:b0 + step], return_probs=True):
+            out.append(label_and_confidence(torch.from_numpy(result.probs), result.size))
+            if on_image is not None:
+                on_image(len(out), len(images))
     return out
 
 
