@@ -82,16 +82,16 @@ def test_labels_are_the_segmenters_and_confidence_is_the_upsampled_maximum():
 
 def test_threshold_ignores_unsure_pixels_and_balance_keeps_hard_classes():
     rng = np.random.default_rng(0)
-    labels = np.repeat(np.array([[0] * 50 + [1] * 50], dtype=np.uint8), 4, axis=0)
+    labels = np.repeat(np.array([[0] * 60 + [1] * 40], dtype=np.uint8), 4, axis=0)
     conf = np.where(labels == 0, rng.uniform(0.8, 1.0, labels.shape), rng.uniform(0.2, 0.6, labels.shape))
     plain = select(labels, conf, class_thresholds([(labels, conf)], 2, 0.7, balance=False))
     assert (plain[labels == 0] == 0).all() and (plain[labels == 1] == IGNORE).all()  # class 1 wiped out
     balanced = select(labels, conf, class_thresholds([(labels, conf)], 2, 0.7, balance=True))
     assert (balanced[labels == 0] == 0).all()  # never stricter than the global threshold
     kept = (balanced[labels == 1] == 1).mean()
-    assert 0.4 <= kept <= 0.6  # the global threshold keeps half of all pixels: class 1 keeps half of its own
+    assert 0.55 <= kept <= 0.65  # the global threshold keeps 60% of all pixels: class 1 keeps 60% of its own
     kept_conf = conf[(labels == 1) & (balanced == 1)]
-    assert kept_conf.min() >= conf[(labels == 1) & (balanced == IGNORE)].max()  # its most confident half
+    assert kept_conf.min() >= conf[(labels == 1) & (balanced == IGNORE)].max()  # its most confident ones
 
 
 # -- the image data source ------------------------------------------------------------------------------------
@@ -182,7 +182,7 @@ def test_masks_train_where_no_pseudo_label_is_confident(adapted, images, tmp_pat
     assert set(np.unique(ids).tolist()) == {TINY_CATEGORIES.index("sky"), TINY_CATEGORIES.index("floor"), IGNORE}
 
 
-def test_video_frames(adapted, tmp_path):
+def test_video_frames(tmp_path):
     cv2 = pytest.importorskip("cv2")
     path = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5, (48, 40))
