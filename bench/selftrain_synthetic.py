@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
         result = selftrain(a.model, images, out, cfg, masks=masks, overwrite=True, progress=False)
         rows.append({"model": name, "mIoU": miou(out, a.eval_scenes, a.size),
                      "coverage": result.rounds[-1]["coverage"], "seconds": time.perf_counter() - t})
+        (a.out / "results.partial.json").write_text(json.dumps(rows, indent=2) + "\n")  # each row as it comes
     report = {"settings": vars(a) | {"model": str(a.model), "out": str(a.out)}, "rows": rows,
               "total_s": time.perf_counter() - t0}
     (a.out / "results.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
