@@ -24,6 +24,8 @@ _EXPORTS = {
     "SegmentationResult": "ifseg_deploy.runtime.segmenter",
     "adapt": "ifseg_deploy.adapt.trainer",
     "AdaptConfig": "ifseg_deploy.adapt.config",
+    "selftrain": "ifseg_deploy.selftraining.run",
+    "SelfTrainConfig": "ifseg_deploy.selftraining.run",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -19,6 +19,7 @@ from .commands.export import export
 from .commands.info import info
 from .commands.inspect import inspect
 from .commands.segment import segment
+from .commands.selftrain import selftrain
 from .errors import IfsegError
 from .version import __version__
 
@@ -76,6 +77,7 @@ def cli() -> None:
 
     \b
       adapt    category names + OFA checkpoint -> adapted model directory (PyTorch, image-free training)
+      selftrain  optional: adapted model + your unlabeled images (+ a few masks) -> a self-trained model
       export   adapted model -> model.onnx / INT8 Q/DQ ONNX / TensorRT engine
       segment  run the segmenter on images (PyTorch, ONNX Runtime or TensorRT backend)
       bench    latency, throughput and memory; eval: mIoU on a labelled set
@@ -86,7 +88,7 @@ def cli() -> None:
     """
 
 
-for _command in (inspect, info, adapt, demo, segment, evaluate_command, export, bench):
+for _command in (inspect, info, adapt, selftrain, demo, segment, evaluate_command, export, bench):
     cli.add_command(_command)
 
 

@@ -31,14 +31,15 @@ def wordmap_targets(grid: Tensor, sizes: Tensor, size: int) -> Tensor:
     return nearest_targets(grid, sizes, (size, size))
 
 
-def segmentation_loss(logits: Tensor, target: Tensor, mode: str = "chunked") -> Tensor:
-    """Mean cross-entropy of the logits bilinearly upsampled (align_corners=False) to the target's size.
+def segmentation_loss(logits: Tensor, target: Tensor, mode: str = "chunked", ignore_index: int = -100) -> Tensor:
+    """Mean cross-entropy of the logits bilinearly upsampled (align_corners=False) to the target's size, over the
+    pixels whose target is not ``ignore_index``.
 
     ``chunked`` never holds the full-resolution logits; ``reference`` materialises them (as the official code)."""
     from ..kernels import upsampled_cross_entropy, upsampled_cross_entropy_reference
 
     loss = upsampled_cross_entropy if mode == "chunked" else upsampled_cross_entropy_reference
-    return loss(logits, target)
+    return loss(logits, target, ignore_index=ignore_index)
 
 
 class WordMapForward(nn.Module):

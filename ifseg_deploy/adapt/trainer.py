@@ -11,9 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..atomic import atomic_torch_save, atomic_write_text
 from ..devices import DeviceError, parse_device, torch_device
 from ..model_dir import OPEN_VOCABULARY, PER_VOCABULARY, AdaptedModel
 from ..modeling.layers import DropPath
@@ -31,11 +28,24 @@ from ..version import __version__
 from . import distributed as dist_utils
 from .config import AdaptConfig
 from .data import ArtificialMaps
+from .loop import (
+    CHECKPOINT,
+    METRICS,
+    StepCallback,
+    TrainingInterrupted,
+    TrainingRun,
+    check_paths,
+    remove_work_dir,
+    restore_state,
+    start_work_dir,
+    train_steps,
+)
 from .ops import WordMapForward, wordmap_train_step
 from .step import TrainStep, cosine_factor, resolve_precision
 from .vocabulary import training_vocabulary, vocabulary_train_step
 
-__all__ = ["AdaptResult", "AdaptationInterrupted", "StepCallback", "adapt", "cosine_factor", "resolve_precision",
+__all__ = ["CHECKPOINT", "METRICS", "RUN_CONFIG", "AdaptResult", "AdaptationInterrupted", "StepCallback",
+           "adapt", "cosine_factor", "resolve_precision",
            "set_regularisation", "training_device"]
 
 log = logging.getLogger(__name__)
@@ -43,13 +53,12 @@ log = logging.getLogger(__name__)
 #: The former name of :class:`~.ops.WordMapForward`, which tests/test_wordmap_kernel.py imports from here.
 WordMapStep = WordMapForward
 
-CHECKPOINT = "checkpoint.pt"
 RUN_CONFIG = "adapt_config.json"
-METRICS = "metrics.jsonl"
+#: The keys of the run configuration that must match for ``resume=True``.
+RESUME_KEYS = ("config", "categories", "prompt", "source", "world_size")
 
-
-class AdaptationInterrupted(RuntimeError):
-    """Raised after Ctrl-C (or SIGTERM) once the state is saved; the run continues with ``resume=True``."""
+#: What adaptation raises after Ctrl-C (the loop's :class:`~.loop.TrainingInterrupted`).
+AdaptationInterrupted = TrainingInterrupted
 
 
 @dataclass
@@ -113,50 +122,6 @@ def _fingerprint(path: str | Path) -> dict:
     return {"path": str(p.resolve()), "bytes": sum(q.stat().st_size for q in files)}
 
 
-class _StopFlag:
-    """Turns SIGINT/SIGTERM into a flag the loop checks between steps, so a checkpoint is never half a step."""
-
-    def __init__(self) -> None:
-        self.raised: str | None = None
-        self._previous: dict[int, Any] = {}  # the handlers to put back
-
-    def __enter__(self) -> _StopFlag:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave the default handlers
-                pass
-        return self
-
-    def _handle(self, signum, frame) -> None:  # noqa: ANN001 - signal handler signature
-        if self.raised is not None:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
-        self.raised = signal.Signals(signum).name
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-#: ``on_step(step, info)``: called on every process after each optimizer step with the number of steps done
-#: and ``{"loss": tensor, "grad_norm": tensor, "lr": float}`` (``lr``: the rate after the schedule's update, as
-#: logged). Reading a tensor syncs with the GPU; an exception it raises ends the run at once, without saving.
-StepCallback = Callable[[int, dict], None]
-
-
-@dataclass
-class _Run:
-    """What the loop works with."""
-
-    cfg: AdaptConfig
-    ctx: dist_utils.DistContext
-    dev: torch.device
-    work: Path
-    model: SegOFA
-    train: TrainStep
-    data: Any  # ArtificialMaps or VocabularyMaps: sample(batch), state_dict(), load_state_dict()
-
-
 def adapt(checkpoint: str | Path, categories: Sequence[str], out: str | Path, config: AdaptConfig | None = None, *,
           bpe_dir: str | Path | None = None, arch: str | None = None, prompt: str = DEFAULT_PROMPT,
           device: str | torch.device | None = None, resume: bool = False, overwrite: bool = False,
@@ -174,7 +139,7 @@ def adapt(checkpoint: str | Path, categories: Sequence[str], out: str | Path, co
     cfg.validate(ctx.world_size)
     out = Path(out)
     work = out.with_name(out.name + ".partial")
-    _check_paths(out, work, resume=resume, overwrite=overwrite)
+    check_paths(out, work, resume=resume, overwrite=overwrite)
     dev = training_device(device, ctx)
     amp_dtype = resolve_precision(cfg.precision, dev)
     check_kernel(cfg.kernel, dev)
@@ -190,22 +155,18 @@ def adapt(checkpoint: str | Path, categories: Sequence[str], out: str | Path, co
     }
     run_info = json.loads(json.dumps(run_info))  # the form it has on disk (tuples become lists), for resume checks
     train, data, vocabulary = _training_setup(start, cfg, prompt, ctx, dev, amp_dtype)
-    run = _Run(cfg, ctx, dev, work, model, train, data)
+    run = TrainingRun(cfg, ctx, dev, work, model, train, data)
 
     # Dropout and drop path draw from the global generator: seed it per rank so runs repeat (resume restores it).
     torch.manual_seed(cfg.seed + 7919 * (ctx.rank + 1))
     step = 0
     if resume:
-        step = _restore(run, run_info)
+        step = restore_state(run, RUN_CONFIG, run_info, RESUME_KEYS)
     elif ctx.is_main:
-        if work.exists():  # an interrupted run that --overwrite discards (_check_paths refused it otherwise)
-            _remove_work_dir(work)
-        work.mkdir(parents=True)
-        atomic_write_text(work / RUN_CONFIG, json.dumps(run_info, indent=2) + "\n")
-        (work / METRICS).write_text("")
+        start_work_dir(work, RUN_CONFIG, run_info)
     ctx.barrier()
 
-    step, last_loss = _train(run, step, progress, on_step)
+    step, last_loss = train_steps(run, step, cfg.steps, progress, on_step)
     if ctx.is_main:
         final = AdaptedModel(model.eval(), start.tokenizer, start.categories, prompt,
                              metadata={**start.metadata, "adaptation": run_info, "steps": step,
@@ -213,7 +174,7 @@ def adapt(checkpoint: str | Path, categories: Sequence[str], out: str | Path, co
         final.preprocessing = final.preprocessing.replace(**(preprocessing or {}))
         extra = {RUN_CONFIG: (work / RUN_CONFIG).read_bytes(), METRICS: (work / METRICS).read_bytes()}
         final.save_pretrained(out, overwrite=overwrite or resume, extra_files=extra)
-        _remove_work_dir(work)
+        remove_work_dir(work)
     ctx.barrier()
     return AdaptResult(out if ctx.is_main else None, step, last_loss)
 
@@ -232,111 +193,3 @@ def _training_setup(start: AdaptedModel, cfg: AdaptConfig, prompt: str, ctx: dis
     train, data = vocabulary_train_step(start.model, start.tokenizer, names, prompt, cfg, dev, amp_dtype, wrap,
                                         rank=ctx.rank, world_size=ctx.world_size)
     return train, data, {"mode": OPEN_VOCABULARY, "names": names, "subset_size": [data.lo, data.hi]}
-
-
-def _train(run: _Run, step: int, progress: bool, on_step: StepCallback | None) -> tuple[int, float]:
-    """Steps from ``step`` to the end (or to Ctrl-C); returns the steps done and the last logged loss."""
-    cfg, ctx = run.cfg, run.ctx
-    last_loss = float("nan")
-    bar = _progress(cfg.steps, step, enabled=progress and ctx.is_main)
-    t0, samples_since = time.perf_counter(), 0
-    with _StopFlag() as stop:
-        while step < cfg.steps:
-            loss, grad_norm = run.train(run.data.sample(cfg.batch_size))  # this rank's slice of the global batch
-            step += 1
-            samples_since += cfg.batch_size
-            if on_step is not None:
-                on_step(step, {"loss": loss, "grad_norm": grad_norm, "lr": run.train.lr})
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                last_loss = ctx.mean(loss)  # the one host sync, every log_every steps
-                elapsed = time.perf_counter() - t0
-                record = {"step": step, "loss": last_loss, "lr": run.train.lr, "grad_norm": float(grad_norm),
-                          "samples_per_s": samples_since / max(elapsed, 1e-9)}
-                t0, samples_since = time.perf_counter(), 0
-                if ctx.is_main:
-                    with open(run.work / METRICS, "a") as f:
-                        f.write(json.dumps(record) + "\n")
-                    bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{record['lr']:.2e}")
-            bar.update(1)
-            should_stop = ctx.any(stop.raised is not None)
-            if step % cfg.checkpoint_every == 0 or should_stop:
-                _save(run, step)
-            if should_stop and step < cfg.steps:
-                bar.close()
-                raise AdaptationInterrupted(
-                    f"stopped at step {step}/{cfg.steps}; the state is saved in {run.work}. "
-                    f"Continue with the same command plus --resume."
-                )
-    bar.close()
-    return step, last_loss
-
-
-def _check_paths(out: Path, work: Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse paths that would lose data; changes nothing on disk."""
-    if resume:
-        if not (work / CHECKPOINT).is_file():
-            raise FileNotFoundError(f"nothing to resume: {work / CHECKPOINT} does not exist")
-        return
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
-    if work.exists() and not overwrite:
-        raise FileExistsError(f"an interrupted run is in {work}: pass --resume to continue it, "
-                              "or --overwrite to start again")
-
-
-def _remove_work_dir(work: Path) -> None:
-    import shutil
-
-    shutil.rmtree(work, ignore_errors=True)
-
-
-def _progress(total: int, initial: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, unit="step", desc="adapt", disable=not enabled, dynamic_ncols=True)
-
-
-def _rng_state(dev: torch.device) -> dict:
-    state = {"cpu": torch.get_rng_state()}
-    if dev.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(dev)
-    return state
-
-
-def _save(run: _Run, step: int) -> None:
-    per_rank = run.ctx.gather_objects({"data": run.data.state_dict(), "rng": _rng_state(run.dev)})
-    if not run.ctx.is_main:
-        return
-    trainable = {n for n, p in run.model.named_parameters() if p.requires_grad}
-    atomic_torch_save({
-        "step": step,
-        # Frozen tensors are reloaded from the source checkpoint; only what training changes is saved.
-        "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items() if k in trainable},
-        **run.train.state_dict(),  # optimizer, scheduler, scaler
-        "ranks": per_rank,
-    }, run.work / CHECKPOINT)
-
-
-def _restore(run: _Run, run_info: dict) -> int:
-    path = run.work / CHECKPOINT
-    saved_info = json.loads((path.parent / RUN_CONFIG).read_text())
-    for key in ("config", "categories", "prompt", "source", "world_size"):
-        if saved_info.get(key) != run_info.get(key):
-            raise ValueError(f"cannot resume: the interrupted run used a different {key} "
-                             f"({saved_info.get(key)!r} then, {run_info.get(key)!r} now)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    missing = run.model.load_state_dict(state["model"], strict=False)
-    if missing.unexpected_keys:
-        raise ValueError(f"{path} holds unknown tensors {missing.unexpected_keys[:4]}")
-    run.train.load_state_dict(state)
-    mine = state["ranks"][run.ctx.rank]
-    run.data.load_state_dict(mine["data"])
-    torch.set_rng_state(mine["rng"]["cpu"])
-    if "cuda" in mine["rng"] and run.dev.type == "cuda":
-        torch.cuda.set_rng_state(mine["rng"]["cuda"], run.dev)
-    step = int(state["step"])
-    if run.ctx.is_main:  # metrics logged after the checkpoint belong to steps that will run again
-        lines = (path.parent / METRICS).read_text().splitlines()
-        kept = [ln for ln in lines if ln.strip() and json.loads(ln)["step"] <= step]
-        atomic_write_text(path.parent / METRICS, "".join(ln + "\n" for ln in kept))
-    return step
