@@ -230,7 +230,8 @@ def load_variant(row: Row, adapted: Any, device: str, threads: int, refinement: 
 
 def _open(row: Row, adapted: Any, device: str, threads: int, refinement: tuple[int, int], out: Path) -> Backend:
     if row.backend == "torch":
-        return TorchBackend(adapted, device, refinement, precision=row.precision, compile=row.compiled)
+        return TorchBackend(adapted, device, refinement, precision=row.precision, compile=row.compiled,
+                            channels_last=True)
     source = str(row.source)
     if row.backend == "onnxruntime":
         from ifseg_deploy.runtime.backends.ort_session import OrtSessionSettings

@@ -42,8 +42,11 @@ class TorchBackend(Backend):
 
     ``precision``: "fp32" (exact: the reference every export is checked against), "bf16" (CPUs with AVX-512 BF16
     or AMX, and GPUs) or "fp16" (GPUs): autocast over the model, with LayerNorm, softmax, GELU and the whole
-    refinement kept in fp32. ``compile``: ``torch.compile`` the graph (slow first call per input size). The
-    ResNet runs in channels-last memory format (what oneDNN's convolutions and reduced-precision kernels want).
+    refinement kept in fp32. ``compile``: ``torch.compile`` the graph (slow first call per input size).
+    ``channels_last``: put the ResNet's weights in channels-last memory format (what oneDNN's convolutions and
+    reduced-precision kernels want). :meth:`from_file` does, for the model it loaded; a model handed in is left
+    as it is by default, because the change alters the convolutions' rounding, and a model still being trained
+    (self-training labels with it between rounds) must train on bit for bit as if it had not been lent.
     """
 
     name = "torch"
@@ -51,7 +54,7 @@ class TorchBackend(Backend):
 
     def __init__(self, adapted: AdaptedModel, device: str | torch.device | None = "cpu",
                  refinement: tuple[int, int] = PAPER_REFINEMENT, precision: str = "fp32",
-                 compile: bool = False) -> None:
+                 compile: bool = False, channels_last: bool = False) -> None:
         self.torch_device = torch_device(device)
         self.device = str(self.torch_device)
         self.autocast_dtype = _check_precision(precision, self.torch_device)
@@ -61,7 +64,8 @@ class TorchBackend(Backend):
         self.preprocessing = adapted.preprocessing
         self.refinement = refinement_setting(True, *refinement)
         model = adapted.model.to(self.torch_device).eval()
-        model.encoder.embed_images.to(memory_format=torch.channels_last)
+        if channels_last:
+            model.encoder.embed_images.to(memory_format=torch.channels_last)
         self.graph: Any = InferenceGraph(model, *self.refinement).eval()
         self.compiled = compile
         # the compiled callable runs the same module: set_categories and the bias caches act on self.graph
@@ -76,7 +80,8 @@ class TorchBackend(Backend):
         dev = torch_device("cpu" if device is None else device)
         _check_precision(precision, dev)  # before reading the weights
         adapted = AdaptedModel.from_pretrained(path, device=dev, **options)
-        return cls(adapted, dev, PAPER_REFINEMENT if refinement is None else refinement, precision, compile)
+        return cls(adapted, dev, PAPER_REFINEMENT if refinement is None else refinement, precision, compile,
+                   channels_last=True)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
