@@ -91,8 +91,7 @@ def _row(row: Row, base: Row, loaded: dict[tuple, Loaded], agreement: dict, accu
                    "device_peak_mb": row.device_peak}
     d["load_s"] = item.load_s
     d["cpu"] = cpu_figures(row.cpu)
-    describe = getattr(item.backend, "describe", None)
-    d["backend_info"] = describe() if callable(describe) else None
+    d["backend_info"] = item.backend.describe()
     if base.ok and base.model_times and base.e2e_times:
         d["ratio"] = {
             "model": ratios_to_baseline(d["model"], latency_stats(base.model_times, base.batch)),
