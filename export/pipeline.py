@@ -181,9 +181,15 @@ def _export(model: Path, out: Path, work: Path, opts: ExportOptions, dataset: An
 
     # 2. INT8: Q/DQ, or ONNX Runtime's dynamic quantization
     if precision in ("int8", DYNAMIC_INT8) and info.precision == "fp32":
+        if dataset is not None:  # a model for other classes is refused before quantizing, not after
+            from ifseg_deploy.evaluation.evaluate import match_classes
+
+            match_classes(info.categories, dataset.classes, getattr(dataset, "aliases", None),
+                          getattr(dataset, "name", "the dataset"))
         quantize = _quantize if precision == "int8" else _quantize_dynamic
-        onnx_path, info, report = quantize(onnx_path, info, work, opts, dataset, echo)
-        reports.append(report)
+        q_path, q_info = quantize(onnx_path, info, work, opts, echo)
+        reports.append(_gate(onnx_path, q_path, info, opts, dataset, echo))
+        onnx_path, info = q_path, q_info
         if opts.format == "onnx":
             publish(onnx_path, out)
             echo(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
@@ -196,16 +202,11 @@ def _export(model: Path, out: Path, work: Path, opts: ExportOptions, dataset: An
     return _engine(onnx_path, info, out, opts, reports, echo)
 
 
-def _quantize(fp32_path: Path, info: ModelInfo, work: Path, opts: ExportOptions, dataset: Any,
-              echo: Echo) -> tuple[Path, ModelInfo, ParityReport]:
-    from .inputs import calibration_batch, list_images, parity_inputs
-    from .int8 import check_int8, quantize_int8
+def _quantize(fp32_path: Path, info: ModelInfo, work: Path, opts: ExportOptions,
+              echo: Echo) -> tuple[Path, ModelInfo]:
+    from .inputs import calibration_batch, list_images
+    from .int8 import quantize_int8
 
-    if dataset is not None:  # a model for other classes is refused before the calibration, not after
-        from ifseg_deploy.evaluation.evaluate import match_classes
-
-        match_classes(info.categories, dataset.classes, getattr(dataset, "aliases", None),
-                      getattr(dataset, "name", "the dataset"))
     files = list_images(opts.calib_images, opts.calib_max)
     echo(f"calibrating INT8 ({opts.calib_method}) on {len(files)} image(s) from {opts.calib_images} at "
          f"{format_size(info.input.opt_size)} on onnxruntime CPU ...")
@@ -214,30 +215,28 @@ def _quantize(fp32_path: Path, info: ModelInfo, work: Path, opts: ExportOptions,
                       calibration_source=f"{len(batch)} image(s) from {Path(str(opts.calib_images)).name}")
     echo(f"quantized {q.quantized_nodes} tensors (Q/DQ); LayerNorm, Softmax and the other precision-sensitive ops "
          "left unquantized")
-    inputs, data = parity_inputs(info.input, info.preprocessing, 8, seed=1)
-    report = check_int8(fp32_path, q.path, inputs, data=data, min_agreement=opts.reduced_agreement_threshold,
-                        max_miou_drop=opts.max_miou_drop, eval_dataset=dataset, eval_limit=opts.eval_limit, echo=echo)
-    return q.path, q.info, report
+    return q.path, q.info
 
 
-def _quantize_dynamic(fp32_path: Path, info: ModelInfo, work: Path, opts: ExportOptions, dataset: Any,
-                      echo: Echo) -> tuple[Path, ModelInfo, ParityReport]:
-    from .inputs import parity_inputs
-    from .int8 import check_int8
+def _quantize_dynamic(fp32_path: Path, info: ModelInfo, work: Path, opts: ExportOptions,
+                      echo: Echo) -> tuple[Path, ModelInfo]:
     from .int8_dynamic import quantize_dynamic_int8
 
-    if dataset is not None:
-        from ifseg_deploy.evaluation.evaluate import match_classes
-
-        match_classes(info.categories, dataset.classes, getattr(dataset, "aliases", None),
-                      getattr(dataset, "name", "the dataset"))
     q = quantize_dynamic_int8(fp32_path, work / "model.int8-dynamic.onnx")
     echo(f"quantized {q.quantized_nodes} MatMul weights to int8 (activations per call); the ResNet, attention "
          "products and the refinement's similarity stay fp32")
+    return q.path, q.info
+
+
+def _gate(fp32_path: Path, int8_path: Path, info: ModelInfo, opts: ExportOptions, dataset: Any,
+          echo: Echo) -> ParityReport:
+    """Either INT8 file against its fp32 source: label agreement, and the mIoU drop on ``dataset`` when given."""
+    from .inputs import parity_inputs
+    from .int8 import check_int8
+
     inputs, data = parity_inputs(info.input, info.preprocessing, 8, seed=1)
-    report = check_int8(fp32_path, q.path, inputs, data=data, min_agreement=opts.reduced_agreement_threshold,
-                        max_miou_drop=opts.max_miou_drop, eval_dataset=dataset, eval_limit=opts.eval_limit, echo=echo)
-    return q.path, q.info, report
+    return check_int8(fp32_path, int8_path, inputs, data=data, min_agreement=opts.reduced_agreement_threshold,
+                      max_miou_drop=opts.max_miou_drop, eval_dataset=dataset, eval_limit=opts.eval_limit, echo=echo)
 
 
 def _engine(onnx_path: Path, info: ModelInfo, out: Path, opts: ExportOptions, reports: list[ParityReport],
