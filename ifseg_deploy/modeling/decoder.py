@@ -18,7 +18,7 @@ from .layers import DecoderLayer, LayerNorm
 from .position import (
     anchored,
     bias_anchor,
-    gather_columns,
+    gather_rows,
     relative_bias_on_grid,
     resize_grid,
     seg_relative_index,
@@ -72,7 +72,7 @@ class SurrogateDecoder(nn.Module):
         table = anchored(self.seg_rel_pos_table_list[idx].weight, anchor)
         if anchor is not None and tuple(grid) == (s, s) and not self.shape_agnostic:
             # Per-call bias on the seg grid: one gather with the official index instead of flips and unfolds.
-            return gather_columns(table.t(), seg_relative_index(s, table.device))
+            return gather_rows(table, seg_relative_index(s, table.device))
         n = (2 * s - 1) ** 2
         cells = relative_bias_on_grid(table, s, grid, s, always_resize=self.shape_agnostic)  # (H, N, N)
         heads, m = cells.shape[0], cells.shape[1]

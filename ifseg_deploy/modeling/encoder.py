@@ -14,7 +14,7 @@ from .position import (
     anchored,
     bias_anchor,
     block_diagonal,
-    gather_columns,
+    gather_rows,
     grid_relative_index,
     relative_bias_on_grid,
     resize_grid,
@@ -168,8 +168,8 @@ class OFAEncoder(nn.Module):
             # with a shared constant index, instead of a chain of flips, unfolds and copies of (H, L, L) tensors.
             index = self._rel_index(lt, device)
             zero = anchor.new_zeros(1, self.cfg.heads)
-            layers = [(abs_bias + gather_columns(torch.cat([anchored(img.weight, anchor), anchored(txt.weight, anchor),
-                                                            zero]).t(), index)).to(dtype)
+            layers = [(abs_bias + gather_rows(torch.cat([anchored(img.weight, anchor), anchored(txt.weight, anchor),
+                                                         zero]), index)).to(dtype)
                       for img, txt in zip(self.image_rel_pos_table_list, self.token_rel_pos_table_list)]
             return PositionBiases(pos, layers)
         # Relative biases touch only the image x image and text x text blocks; assembled by concatenation (an

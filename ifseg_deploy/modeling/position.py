@@ -176,7 +176,12 @@ def anchored(table: Tensor, anchor: Tensor | None) -> Tensor:
     return table if anchor is None else table + anchor.to(table.dtype)
 
 
-def gather_columns(table: Tensor, index: Tensor) -> Tensor:
-    """(H, R) and an (n, m) index -> (H, n, m) with [h, i, j] = table[h, index[i, j]]: one ``Gather`` in ONNX
-    (``table[:, index]`` exports as GatherND, several times slower in ONNX Runtime)."""
-    return table.index_select(1, index.reshape(-1)).reshape(table.shape[0], *index.shape)
+def gather_rows(table: Tensor, index: Tensor) -> Tensor:
+    """(R, H) and an (n, m) index -> (H, n, m) with [h, i, j] = table[index[i, j], h].
+
+    Exports as one ``Gather`` on axis 0 and a ``Transpose``: ONNX Runtime copies one H-wide row per index, 2.4x
+    faster than gathering single elements from the (H, R) transpose on axis 1 (OFA-Base's (12, 1239, 1239)
+    biases: 15 vs 35 ms per layer on 2 cores, measured in bench/README.md); ``table[:, index]`` exports as
+    GatherND, slower still.
+    """
+    return table.index_select(0, index.reshape(-1)).reshape(*index.shape, table.shape[1]).permute(2, 0, 1)
