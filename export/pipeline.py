@@ -223,8 +223,9 @@ def _quantize_dynamic(fp32_path: Path, info: ModelInfo, work: Path, opts: Export
     from .int8_dynamic import quantize_dynamic_int8
 
     q = quantize_dynamic_int8(fp32_path, work / "model.int8-dynamic.onnx")
-    echo(f"quantized {q.quantized_nodes} MatMul weights to int8 (activations per call); the ResNet, attention "
-         "products and the refinement's similarity stay fp32")
+    echo(f"quantized {q.quantized_nodes} MatMul weights to int8 (activations per call) and stored {q.conv_weights} "
+         "ResNet convolution weights as int8 (computed in float); attention products and the refinement's "
+         "similarity stay fp32")
     return q.path, q.info
 
 

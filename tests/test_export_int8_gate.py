@@ -128,9 +128,30 @@ def test_dynamic_int8_passes_the_issue_gate_on_the_trained_model(demo_report, tm
     ref, cand = _miou_line(res.output)
     assert ref > 50 and ref - cand <= 1.0
     assert read_info(out).precision == "int8-dynamic"
-    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    model = onnx.load(str(out))
+    ops = {n.op_type for n in model.graph.node}
     assert {"MatMulInteger", "DynamicQuantizeLinear"} <= ops and "ConvInteger" not in ops
+    # every convolution weight is stored as int8, one scale per output channel, and computed in float
+    inits = {t.name: t for t in model.graph.initializer}
+    made_by = {o: n for n in model.graph.node for o in n.output}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert convs and all(made_by[c.input[1]].op_type == "DequantizeLinear" for c in convs)
+    for c in convs:
+        q, scale = (inits[name] for name in made_by[c.input[1]].input[:2])
+        assert q.data_type == onnx.TensorProto.INT8 and list(scale.dims) == [q.dims[0]]
+    # (the 30% of fp32 the issue asks is OFA-Base's figure, in bench/README.md: this tiny model's file is mostly
+    # position tables, which stay float)
     assert out.stat().st_size < (out_dir / "model.onnx").stat().st_size
+
+    # the runtime folds the stored convolution weights back to float at load instead of per call
+    import onnxruntime as ort
+
+    from ifseg_deploy.runtime.backends.onnxruntime import OrtBackend
+
+    base = ort.SessionOptions()
+    base.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    OrtBackend.from_file(out, device="cpu", session_options=base).close()
+    assert "DequantizeLinear" not in {n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node}
 
 
 def test_dynamic_int8_is_not_a_tensorrt_format(demo_report, tmp_path):
