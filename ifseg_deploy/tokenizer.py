@@ -252,8 +252,12 @@ class OFATokenizer:
         path = Path(path)
         _require(path, HF_FILES)
         vocab_path = path / "vocab.json"
-        vocab = _read_json_vocab(vocab_path)
-        merges = _read_merges(path / "merges.txt")
+        return cls._from_hf_vocab(_read_json_vocab(vocab_path), _read_merges(path / "merges.txt"), num_codes,
+                                  num_bins, str(vocab_path))
+
+    @classmethod
+    def _from_hf_vocab(cls, vocab: dict[str, int], merges: list[tuple[str, str]], num_codes: int, num_bins: int,
+                       vocab_path: str) -> OFATokenizer:
         vocab = {p: i for p, i in vocab.items() if not _EXTRA_SYMBOL.fullmatch(p)}
         for want, special in enumerate(_SPECIALS):
             if vocab.get(special) != want:
@@ -303,9 +307,7 @@ class OFATokenizer:
         Returns the file names; :meth:`from_dir` on ``out_dir`` gives the same ids."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        vocab = {s: i for i, s in enumerate(_SPECIALS)}
-        vocab.update(sorted(self._piece_ids.items(), key=lambda kv: (kv[1], kv[0])))
-        vocab[_MASK] = self.num_text_symbols
+        vocab = self.to_dict()["vocab"]
         (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False) + "\n", encoding="utf-8")
         merges = "".join(f"{a} {b}\n" for a, b in self._merges)
         (out / "merges.txt").write_text("#version: 0.2\n" + merges, encoding="utf-8")
@@ -313,6 +315,32 @@ class OFATokenizer:
         config["num_bins"] = self.num_bins
         (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         return ["vocab.json", "merges.txt", CONFIG_FILE]
+
+    def to_dict(self) -> dict:
+        """The files of :meth:`save` as one JSON-able object (``vocab``, ``merges``, ``num_codes``, ``num_bins``):
+        what an open-vocabulary export stores in its metadata, so the file alone can tokenize new names."""
+        vocab = {s: i for i, s in enumerate(_SPECIALS)}
+        vocab.update(sorted(self._piece_ids.items(), key=lambda kv: (kv[1], kv[0])))
+        vocab[_MASK] = self.num_text_symbols
+        return {"tokenizer": "ifseg_deploy.OFATokenizer", "vocab": vocab,
+                "merges": [f"{a} {b}" for a, b in self._merges], "num_codes": self.num_codes, "num_bins": self.num_bins}
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "the stored tokenizer") -> OFATokenizer:
+        """Inverse of :meth:`to_dict`; :class:`TokenizerError` naming ``source`` when it is malformed."""
+        try:
+            vocab, merge_lines = data["vocab"], data["merges"]
+            if not isinstance(vocab, dict) or not all(isinstance(k, str) and type(v) is int for k, v in vocab.items()):
+                raise ValueError("vocab is not a mapping of pieces to ids")
+            merges = []
+            for line in merge_lines:
+                left, right = str(line).split(" ")
+                merges.append((left, right))
+            return cls._from_hf_vocab(vocab, merges, int(data["num_codes"]), int(data["num_bins"]), source)
+        except TokenizerError:
+            raise
+        except (KeyError, TypeError, ValueError) as e:
+            raise TokenizerError(f"{source}: not a stored OFA tokenizer ({type(e).__name__}: {e})") from None
 
     # ---- vocabulary layout ------------------------------------------------------------------------------
 
