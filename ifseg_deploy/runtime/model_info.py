@@ -19,7 +19,7 @@ from ..errors import ArtifactError
 from ..preprocessing import PreprocessConfig
 from ..refine import PAPER_REFINEMENT
 from .input_spec import InputSpec, SpecError
-from .open_vocabulary import VocabularyBounds
+from .open_vocabulary import VOCABULARY_INPUTS, VocabularyBounds
 from .registry import PRECISIONS
 
 FORMAT = "ifseg-deploy/onnx"
@@ -62,6 +62,13 @@ class ModelInfo:
 
     def __post_init__(self) -> None:
         self.preprocessing = PreprocessConfig.from_dict(self.preprocessing)
+
+    def profile_shapes(self) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+        """(min, opt, max) shape of every graph input: a TensorRT optimization profile, the largest buffers."""
+        shapes = {INPUT_NAME: self.input.shapes()}
+        if self.vocabulary is not None:
+            shapes.update({name: self.vocabulary.shapes(name) for name in VOCABULARY_INPUTS})
+        return shapes
 
     def to_props(self) -> dict[str, str]:
         values: dict[str, Any] = {

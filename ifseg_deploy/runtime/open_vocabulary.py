@@ -82,6 +82,17 @@ class VocabularyFeeds:
     def __init__(self, tokenizer: OFATokenizer, prompt: str, bounds: VocabularyBounds, source: str = "this file"):
         self.tokenizer, self.prompt, self.bounds, self.source = tokenizer, prompt, bounds, source
 
+    @classmethod
+    def from_info(cls, info: Any, source: str = "this file") -> VocabularyFeeds:
+        """From an open-vocabulary export's :class:`~.model_info.ModelInfo` (bounds, prompt, stored tokenizer)."""
+        from .model_info import MetadataError
+
+        try:
+            tokenizer = OFATokenizer.from_dict(info.tokenizer or {}, f"{source}'s stored tokenizer")
+        except TokenizerError as e:
+            raise MetadataError(str(e)) from None
+        return cls(tokenizer, info.prompt, info.vocabulary, source)
+
     def __call__(self, names: Sequence[str]) -> dict[str, np.ndarray]:
         """The inputs for ``names`` (already checked by :func:`~.categories.check_names`); nothing is kept."""
         b, tok = self.bounds, self.tokenizer
@@ -111,3 +122,32 @@ class VocabularyFeeds:
             ids[i, :len(t)] = t
         return {PROMPT_IDS_NAME: np.asarray([prompt], dtype=np.int64), NAME_IDS_NAME: ids,
                 NAME_LENGTHS_NAME: np.asarray([len(t) for t in name_tokens], dtype=np.int64)}
+
+
+class TakesVocabulary:
+    """Mixin of the exported-file backends (ONNX Runtime, TensorRT): with an open-vocabulary file, ``categories``
+    are whatever names were last set, and :attr:`vocabulary_feeds` the inputs that make the graph segment them;
+    with a fixed graph, nothing changes (the Segmenter keeps subsets of the file's own names)."""
+
+    categories: list[str]
+    can_set_categories: bool
+    #: the vocabulary inputs for the current categories; empty for a fixed-vocabulary graph
+    vocabulary_feeds: dict[str, np.ndarray]
+
+    def _init_vocabulary(self, info: Any, source: str) -> None:
+        self.vocabulary_feeds = {}
+        self._make_feeds: VocabularyFeeds | None = None
+        if info.open_vocabulary:
+            self._make_feeds = VocabularyFeeds.from_info(info, source)
+            self.vocabulary_feeds = self._make_feeds(self.categories)
+            self.can_set_categories = True
+
+    def set_categories(self, names: list[str]) -> None:
+        """An open-vocabulary file: segment ``names`` from now on (new input tensors, no rebuild);
+        :class:`~ifseg_deploy.errors.CategoryError` for names its bounds or tokenizer refuse, and then nothing
+        changes."""
+        if self._make_feeds is None:
+            super().set_categories(names)  # type: ignore[misc]
+            return
+        self.vocabulary_feeds = self._make_feeds(names)
+        self.categories = list(names)
