@@ -201,6 +201,9 @@ def test_the_stored_tokenizer_round_trips_the_real_vocabulary(real_bpe_dir):
     back = OFATokenizer.from_dict(json.loads(json.dumps(tok.to_dict())))
     names = ["chest of drawers", "traffic light", "person", "skyscraper", "Ärmelkanal"]
     assert back.prompt_ids(names) == tok.prompt_ids(names) and back.num_embeddings == tok.num_embeddings
+    # every merge of the real files is stored, in order (names above use only a few of the 50k)
+    lines = (real_bpe_dir / "vocab.bpe").read_text(encoding="utf-8").splitlines()
+    assert tok.to_dict()["merges"] == [m for m in lines[1:] if m.strip()] and lines[0].startswith("#version")
     with pytest.raises(TokenizerError, match="the stored tokenizer: not a stored OFA tokenizer"):
         OFATokenizer.from_dict({"vocab": {"a": 1}})
 
