@@ -89,10 +89,10 @@ def build_graph(adapted: Any, refine: bool = True, labels: bool = False, shape_a
     return graph_type(model, k, iters, labels_at_input=labels).eval()
 
 
-def trace_to_onnx(graph: Any, spec: InputSpec, path: Path, opset: int = DEFAULT_OPSET,
-                  vocabulary: tuple[VocabularyBounds, dict[str, Any]] | None = None) -> None:
-    """``torch.onnx.export(dynamo=True)`` with the dynamic dimensions of ``spec`` (batch, height, width); for an
-    open-vocabulary graph, ``vocabulary`` = (its bounds, example vocabulary inputs) adds the dynamic M, T, Lt."""
+def trace_to_onnx(graph: Any, spec: InputSpec, path: Path, opset: int = DEFAULT_OPSET) -> None:
+    """``torch.onnx.export(dynamo=True)`` with the dynamic dimensions of ``spec`` (batch, height, width); an
+    :class:`~.open_vocabulary.OpenVocabularyGraph` adds its vocabulary inputs, with M, T and Lt dynamic within
+    its ``bounds``."""
     import torch
 
     # torch.export specialises a dimension whose example is 1, so a dynamic batch is traced with 2.
@@ -111,11 +111,11 @@ def trace_to_onnx(graph: Any, spec: InputSpec, path: Path, opset: int = DEFAULT_
     args: tuple[Any, ...] = (example,)
     names = [INPUT_NAME]
     shapes: dict[str, Any] | None = {INPUT_NAME: dims} if dims else None
-    if vocabulary is not None:
+    if getattr(graph, "bounds", None) is not None:
         from .open_vocabulary import example_feeds
 
-        bounds, feeds = vocabulary
-        examples = example_feeds(feeds)
+        bounds = graph.bounds
+        examples = example_feeds(graph.feeds)
         args = (example, *(examples[n] for n in VOCABULARY_INPUTS))
         names += list(VOCABULARY_INPUTS)
         n_names = torch.export.Dim("names", min=1, max=bounds.max_names)
@@ -217,6 +217,7 @@ def export_onnx(adapted: Any, out: str | Path, spec: InputSpec, *, refine: bool 
     if vocabulary is not None:
         vocabulary.validate()
         feeds = VocabularyFeeds(adapted.tokenizer, adapted.prompt, vocabulary)(list(adapted.categories))
+        graph.bounds, graph.feeds = vocabulary, feeds  # what it is traced with
     if model_bytes(graph) > MAX_SINGLE_FILE_BYTES:
         raise ExportError(f"the model has {model_bytes(graph) / 2**30:.1f} GiB of weights; a single .onnx file "
                           "holds at most 2 GiB (protobuf). Export a smaller model size")
@@ -232,7 +233,7 @@ def export_onnx(adapted: Any, out: str | Path, spec: InputSpec, *, refine: bool 
         echo(f"exporting to ONNX ({spec.describe()}, opset {opset}, refinement {refine_text}"
              f"{', labels output' if labels else ''}{vocab_text}) ...")
         try:
-            trace_to_onnx(graph, spec, raw, opset, (vocabulary, feeds) if vocabulary is not None else None)
+            trace_to_onnx(graph, spec, raw, opset)
         except Exception as e:
             raise ExportError(f"torch.onnx.export failed: {type(e).__name__}: {str(e)[:2000]}") from e
         model = onnx.load(str(raw))

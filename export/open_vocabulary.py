@@ -28,7 +28,11 @@ from ifseg_deploy.tokenizer import UNKNOWN_NAME
 
 class OpenVocabularyGraph(InferenceGraph):
     """(pixels (B, 3, H, W), prompt_ids (1, Lt), name_ids (M, T), name_lengths (M,)) -> probabilities
-    (B, M, h, w) (and labels); the parameter names are the ONNX input names."""
+    (B, M, h, w) (and labels); the parameter names are the ONNX input names. ``bounds`` and ``feeds`` (example
+    vocabulary inputs) say how the exporter traces it."""
+
+    bounds: VocabularyBounds | None = None
+    feeds: dict[str, Any] | None = None
 
     def forward(self, pixels: Tensor, prompt_ids: Tensor, name_ids: Tensor,  # type: ignore[override]
                 name_lengths: Tensor) -> Tensor | tuple[Tensor, Tensor]:

@@ -2,7 +2,8 @@
 
 The prompt ids and the class table are constants of the graph (as the category names are fixed at adaptation),
 so the exported model needs nothing but pixels. ``class_index`` (set by the torch backend's ``set_categories``)
-keeps a subset of the classes; an export leaves it None.
+keeps a subset of the classes; an export leaves it None. ``export --open-vocabulary`` traces a subclass whose
+prompt and names are inputs instead (``ifseg_deploy.export.open_vocabulary.OpenVocabularyGraph``).
 """
 
 from __future__ import annotations
