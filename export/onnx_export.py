@@ -182,6 +182,16 @@ def simplify(model: Any) -> Any:
         return model
 
 
+def _vocabulary_feeds(graph: Any, adapted: Any, vocabulary: VocabularyBounds | None) -> dict[str, Any]:
+    """The vocabulary inputs of the model's own names (empty for a fixed graph); an open-vocabulary graph is
+    traced with them."""
+    if vocabulary is None:
+        return {}
+    feeds = VocabularyFeeds(adapted.tokenizer, adapted.prompt, vocabulary.validate())(list(adapted.categories))
+    graph.bounds, graph.feeds = vocabulary, feeds
+    return feeds
+
+
 def model_bytes(model: Any) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters()) + sum(
         b.numel() * b.element_size() for b in model.buffers())
@@ -213,11 +223,7 @@ def export_onnx(adapted: Any, out: str | Path, spec: InputSpec, *, refine: bool 
                           "which TensorRT keeps in fp32")
     graph = build_graph(adapted, refine, labels, shape_agnostic=spec.is_dynamic, open_vocabulary=vocabulary is not None)
     spec.validate(min_cells=graph.refine_k)
-    feeds: dict[str, Any] = {}
-    if vocabulary is not None:
-        vocabulary.validate()
-        feeds = VocabularyFeeds(adapted.tokenizer, adapted.prompt, vocabulary)(list(adapted.categories))
-        graph.bounds, graph.feeds = vocabulary, feeds  # what it is traced with
+    feeds = _vocabulary_feeds(graph, adapted, vocabulary)
     if model_bytes(graph) > MAX_SINGLE_FILE_BYTES:
         raise ExportError(f"the model has {model_bytes(graph) / 2**30:.1f} GiB of weights; a single .onnx file "
                           "holds at most 2 GiB (protobuf). Export a smaller model size")

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CategoryError
+from ..errors import ArtifactError, CategoryError
 from ..tokenizer import OFATokenizer, PromptTooLongError, TokenizerError
 from .input_spec import SpecError
 
@@ -85,12 +85,10 @@ class VocabularyFeeds:
     @classmethod
     def from_info(cls, info: Any, source: str = "this file") -> VocabularyFeeds:
         """From an open-vocabulary export's :class:`~.model_info.ModelInfo` (bounds, prompt, stored tokenizer)."""
-        from .model_info import MetadataError
-
         try:
             tokenizer = OFATokenizer.from_dict(info.tokenizer or {}, f"{source}'s stored tokenizer")
         except TokenizerError as e:
-            raise MetadataError(str(e)) from None
+            raise ArtifactError(f"{e}; re-export the file") from None
         return cls(tokenizer, info.prompt, info.vocabulary, source)
 
     def __call__(self, names: Sequence[str]) -> dict[str, np.ndarray]:
