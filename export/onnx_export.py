@@ -31,6 +31,14 @@ from ifseg_deploy.atomic import publish
 from ifseg_deploy.errors import BackendError
 from ifseg_deploy.runtime.input_spec import InputSpec
 from ifseg_deploy.runtime.model_info import INPUT_NAME, LABELS_NAME, PROBS_NAME, ModelInfo, write_metadata
+from ifseg_deploy.runtime.open_vocabulary import (
+    NAME_IDS_NAME,
+    NAME_LENGTHS_NAME,
+    PROMPT_IDS_NAME,
+    VOCABULARY_INPUTS,
+    VocabularyBounds,
+    VocabularyFeeds,
+)
 
 from .parity import FP32_AGREEMENT, ParityReport, check, compare, ort_probs, torch_reference
 
@@ -64,21 +72,27 @@ def _echo(msg: str) -> None:
     log.info(msg)
 
 
-def build_graph(adapted: Any, refine: bool = True, labels: bool = False, shape_agnostic: bool = False) -> Any:
+def build_graph(adapted: Any, refine: bool = True, labels: bool = False, shape_agnostic: bool = False,
+                open_vocabulary: bool = False) -> Any:
     """The export-only wrapper around a copy of the adapted model (fp32, eval mode, CPU); the caller's model is
-    left as it was."""
+    left as it was. ``open_vocabulary``: the graph that takes the vocabulary as input (:mod:`.open_vocabulary`)."""
     import copy
 
     from ifseg_deploy.refine import NO_REFINEMENT, PAPER_REFINEMENT
     from ifseg_deploy.runtime.graph import InferenceGraph
 
+    from .open_vocabulary import OpenVocabularyGraph
+
     k, iters = PAPER_REFINEMENT if refine else NO_REFINEMENT
     model = copy.deepcopy(adapted.model).float().cpu().eval().prepare_for_export(shape_agnostic)
-    return InferenceGraph(model, k, iters, labels_at_input=labels).eval()
+    graph_type = OpenVocabularyGraph if open_vocabulary else InferenceGraph
+    return graph_type(model, k, iters, labels_at_input=labels).eval()
 
 
 def trace_to_onnx(graph: Any, spec: InputSpec, path: Path, opset: int = DEFAULT_OPSET) -> None:
-    """``torch.onnx.export(dynamo=True)`` with the dynamic dimensions of ``spec`` (batch, height, width)."""
+    """``torch.onnx.export(dynamo=True)`` with the dynamic dimensions of ``spec`` (batch, height, width); an
+    :class:`~.open_vocabulary.OpenVocabularyGraph` adds its vocabulary inputs, with M, T and Lt dynamic within
+    its ``bounds``."""
     import torch
 
     # torch.export specialises a dimension whose example is 1, so a dynamic batch is traced with 2.
@@ -94,12 +108,27 @@ def trace_to_onnx(graph: Any, spec: InputSpec, path: Path, opset: int = DEFAULT_
     if dyn_w:
         dims[3] = torch.export.Dim("width", min=spec.min_size[1], max=spec.max_size[1])
     outputs = [PROBS_NAME, LABELS_NAME] if graph.labels_at_input else [PROBS_NAME]
+    args: tuple[Any, ...] = (example,)
+    names = [INPUT_NAME]
+    shapes: dict[str, Any] | None = {INPUT_NAME: dims} if dims else None
+    if getattr(graph, "bounds", None) is not None:
+        from .open_vocabulary import example_feeds
+
+        bounds = graph.bounds
+        examples = example_feeds(graph.feeds)
+        args = (example, *(examples[n] for n in VOCABULARY_INPUTS))
+        names += list(VOCABULARY_INPUTS)
+        n_names = torch.export.Dim("names", min=1, max=bounds.max_names)
+        shapes = {INPUT_NAME: dims or None,
+                  PROMPT_IDS_NAME: {1: torch.export.Dim("prompt_tokens", min=bounds.min_prompt_tokens,
+                                                        max=bounds.max_prompt_tokens)},
+                  NAME_IDS_NAME: {0: n_names, 1: torch.export.Dim("name_tokens", min=1, max=bounds.max_name_tokens)},
+                  NAME_LENGTHS_NAME: {0: n_names}}
     with warnings.catch_warnings(), _quiet_exporter():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(graph, (example,), dynamo=True, opset_version=opset,
-                                    input_names=[INPUT_NAME], output_names=outputs,
-                                    dynamic_shapes={INPUT_NAME: dims} if dims else None, optimize=False,
-                                    verbose=False)
+        program = torch.onnx.export(graph, args, dynamo=True, opset_version=opset,
+                                    input_names=names, output_names=outputs,
+                                    dynamic_shapes=shapes, optimize=False, verbose=False)
         _optimize(program)
         program.save(str(path), external_data=False)
 
@@ -153,6 +182,16 @@ def simplify(model: Any) -> Any:
         return model
 
 
+def _vocabulary_feeds(graph: Any, adapted: Any, vocabulary: VocabularyBounds | None) -> dict[str, Any]:
+    """The vocabulary inputs of the model's own names (empty for a fixed graph); an open-vocabulary graph is
+    traced with them."""
+    if vocabulary is None:
+        return {}
+    feeds = VocabularyFeeds(adapted.tokenizer, adapted.prompt, vocabulary.validate())(list(adapted.categories))
+    graph.bounds, graph.feeds = vocabulary, feeds
+    return feeds
+
+
 def model_bytes(model: Any) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters()) + sum(
         b.numel() * b.element_size() for b in model.buffers())
@@ -160,9 +199,13 @@ def model_bytes(model: Any) -> int:
 
 def export_onnx(adapted: Any, out: str | Path, spec: InputSpec, *, refine: bool = True, labels: bool = False,
                 opset: int = DEFAULT_OPSET, simplify_graph: bool = True, min_agreement: float = FP32_AGREEMENT,
-                parity_images: int = 4, overwrite: bool = False, echo: Callable[[str], None] = _echo
-                ) -> ExportResult:
+                parity_images: int = 4, overwrite: bool = False, echo: Callable[[str], None] = _echo,
+                vocabulary: VocabularyBounds | None = None) -> ExportResult:
     """Export ``adapted`` (an :class:`~ifseg_deploy.model_dir.AdaptedModel`) to ``out``.
+
+    ``vocabulary``: write the open-vocabulary graph (the prompt and the names are inputs, within these bounds;
+    :func:`.open_vocabulary.vocabulary_bounds`), with the tokenizer in the metadata. Its parity check feeds it
+    the model's own categories and compares with the PyTorch model.
 
     Raises :class:`ExportError` for an invalid export and :class:`~.parity.ParityError` when ONNX Runtime's
     labels agree with PyTorch's on fewer than ``min_agreement`` of the grid cells; in both cases nothing is
@@ -178,8 +221,9 @@ def export_onnx(adapted: Any, out: str | Path, spec: InputSpec, *, refine: bool 
     if opset < MIN_OPSET:
         raise ExportError(f"opset {opset} is too old: opset >= {MIN_OPSET} exports LayerNormalization as one op, "
                           "which TensorRT keeps in fp32")
-    graph = build_graph(adapted, refine, labels, shape_agnostic=spec.is_dynamic)
+    graph = build_graph(adapted, refine, labels, shape_agnostic=spec.is_dynamic, open_vocabulary=vocabulary is not None)
     spec.validate(min_cells=graph.refine_k)
+    feeds = _vocabulary_feeds(graph, adapted, vocabulary)
     if model_bytes(graph) > MAX_SINGLE_FILE_BYTES:
         raise ExportError(f"the model has {model_bytes(graph) / 2**30:.1f} GiB of weights; a single .onnx file "
                           "holds at most 2 GiB (protobuf). Export a smaller model size")
@@ -191,8 +235,9 @@ def export_onnx(adapted: Any, out: str | Path, spec: InputSpec, *, refine: bool 
     try:
         raw = staging / "traced.onnx"
         refine_text = f"k={refinement[0]} x{refinement[1]}" if refine else "off"
+        vocab_text = f", open vocabulary: {vocabulary.describe()}" if vocabulary is not None else ""
         echo(f"exporting to ONNX ({spec.describe()}, opset {opset}, refinement {refine_text}"
-             f"{', labels output' if labels else ''}) ...")
+             f"{', labels output' if labels else ''}{vocab_text}) ...")
         try:
             trace_to_onnx(graph, spec, raw, opset)
         except Exception as e:
@@ -206,7 +251,8 @@ def export_onnx(adapted: Any, out: str | Path, spec: InputSpec, *, refine: bool 
         info = ModelInfo(categories=list(adapted.categories), preprocessing=preprocessing, input=spec,
                          precision="fp32", refinement=refinement,
                          outputs=[PROBS_NAME, LABELS_NAME] if labels else [PROBS_NAME], opset=int(actual_opset),
-                         package_version=__version__, prompt=getattr(adapted, "prompt", ""))
+                         package_version=__version__, prompt=getattr(adapted, "prompt", ""), vocabulary=vocabulary,
+                         tokenizer=adapted.tokenizer.to_dict() if vocabulary is not None else None)
         write_metadata(model, info)
         try:
             onnx.checker.check_model(model, full_check=True)
@@ -218,7 +264,7 @@ def export_onnx(adapted: Any, out: str | Path, spec: InputSpec, *, refine: bool 
         from .inputs import parity_inputs
 
         inputs, source = parity_inputs(spec, preprocessing, parity_images)
-        report = compare(ort_probs(str(candidate)), torch_reference(adapted.model, refinement), inputs,
+        report = compare(ort_probs(str(candidate), feeds=feeds), torch_reference(adapted.model, refinement), inputs,
                          "onnxruntime fp32 (CPU)", "PyTorch", source)
         echo(report.format())
         check(report, min_agreement)

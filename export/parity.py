@@ -193,8 +193,10 @@ def torch_reference(model: Any, refinement: tuple[int, int]) -> TorchReference:
     return TorchReference(model, refinement)
 
 
-def ort_probs(path: str, providers: Sequence[str] = ("CPUExecutionProvider",)) -> ProbsFn:
-    """ONNX Runtime probabilities of an exported file (the ``probs`` output only)."""
+def ort_probs(path: str, providers: Sequence[str] = ("CPUExecutionProvider",),
+              feeds: dict[str, np.ndarray] | None = None) -> ProbsFn:
+    """ONNX Runtime probabilities of an exported file (the ``probs`` output only); ``feeds``: its other inputs
+    (an open-vocabulary file's vocabulary)."""
     import onnxruntime as ort
 
     from ifseg_deploy.runtime.model_info import INPUT_NAME, PROBS_NAME
@@ -204,6 +206,6 @@ def ort_probs(path: str, providers: Sequence[str] = ("CPUExecutionProvider",)) -
     session = ort.InferenceSession(str(path), options, providers=list(providers))
 
     def run(x: np.ndarray) -> np.ndarray:
-        return session.run([PROBS_NAME], {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})[0]
+        return session.run([PROBS_NAME], {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32), **(feeds or {})})[0]
 
     return run

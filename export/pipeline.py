@@ -67,6 +67,12 @@ class ExportOptions:
     engine_cache: str | Path | None = None
     device: str | None = None
     overwrite: bool = False
+    #: the graph takes the vocabulary (prompt, names) as input, within these bounds (None: the defaults of
+    #: :mod:`.open_vocabulary`); needs a model adapted with ``--vocabulary``. Ignored for an .onnx input.
+    open_vocabulary: bool = False
+    max_names: int | None = None
+    max_name_tokens: int | None = None
+    max_prompt_tokens: int | None = None
 
     def checked(self, model: str | Path) -> ExportOptions:
         """A copy with the defaults filled in; :class:`ExportUsageError` for combinations that cannot work."""
@@ -86,6 +92,15 @@ class ExportOptions:
         if precision == "int8" and self.calib_images is None and not _is_int8_onnx(model):
             raise ExportUsageError("int8 needs --calib-images DIR: a folder of unlabeled, representative photos "
                                    "(hundreds; modelopt advises >= 500 for ViT/CNN models)")
+        if precision in ("int8", DYNAMIC_INT8) and (self.open_vocabulary or _is_open_vocabulary_onnx(model)):
+            raise ExportUsageError(f"{precision} of an open-vocabulary graph is not supported: its calibration and "
+                                   "accuracy gate feed pixels only, not the vocabulary inputs. Export it in fp32 "
+                                   "(ONNX Runtime) or build a TensorRT fp16 engine from the fp32 file")
+        bounds = (self.max_names, self.max_name_tokens, self.max_prompt_tokens)
+        if not self.open_vocabulary and any(b is not None for b in bounds):
+            raise ExportUsageError("--max-names/--max-name-tokens/--max-prompt-tokens go with --open-vocabulary")
+        if any(b is not None and b < 1 for b in bounds):
+            raise ExportUsageError(f"vocabulary bounds must be >= 1, got {bounds}")
         if self.calib_min < 1 or self.calib_max < 1:
             raise ExportUsageError(f"calib_min and calib_max must be >= 1, got {self.calib_min} and "
                                    f"{self.calib_max}")
@@ -137,6 +152,11 @@ def export_model(model: str | Path, out: str | Path, options: ExportOptions | No
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _is_open_vocabulary_onnx(model: str | Path) -> bool:
+    p = Path(model)
+    return p.suffix.lower() == ".onnx" and p.is_file() and read_info(p).open_vocabulary
+
+
 def _is_int8_onnx(model: str | Path) -> bool:
     p = Path(model)
     if p.suffix.lower() != ".onnx" or not p.is_file():
@@ -156,6 +176,7 @@ def _export(model: Path, out: Path, work: Path, opts: ExportOptions, dataset: An
         from ifseg_deploy.model_dir import AdaptedModel
 
         adapted = AdaptedModel.from_pretrained(model)
+        vocabulary = _vocabulary_bounds(adapted, model, opts) if opts.open_vocabulary else None
         spec = opts.input_spec
         if spec is None:
             spec = InputSpec.fixed(DEFAULT_OPT)
@@ -163,13 +184,17 @@ def _export(model: Path, out: Path, work: Path, opts: ExportOptions, dataset: An
         publish_fp32 = opts.format == "onnx" and precision == "fp32"
         onnx_path = out if publish_fp32 else work / "model.fp32.onnx"
         result = export_onnx(adapted, onnx_path, spec, refine=opts.refine, labels=opts.labels, opset=opts.opset,
-                             min_agreement=opts.agreement_threshold, overwrite=opts.overwrite, echo=echo)
+                             min_agreement=opts.agreement_threshold, overwrite=opts.overwrite, echo=echo,
+                             vocabulary=vocabulary)
         if result.parity is not None:
             reports.append(result.parity)
         if publish_fp32:
             return ExportSummary(out, opts.format, precision, result.info, reports)
     elif model.suffix.lower() == ".onnx" and model.is_file():
         onnx_path = model
+        if opts.open_vocabulary and not read_info(model).open_vocabulary:
+            raise ExportUsageError(f"{model} is a fixed-vocabulary export; --open-vocabulary needs the adapted-model "
+                                   "directory (the graph is traced anew)")
         if opts.input_spec is not None:
             echo(f"note: {model} is already exported; its own input shapes are used, not the ones given")
     elif guess_kind(model) == "engine":
@@ -200,6 +225,19 @@ def _export(model: Path, out: Path, work: Path, opts: ExportOptions, dataset: An
 
     # 3. TensorRT engine
     return _engine(onnx_path, info, out, opts, reports, echo)
+
+
+def _vocabulary_bounds(adapted: Any, model: Path, opts: ExportOptions) -> Any:
+    """The open-vocabulary graph's bounds; a model adapted per vocabulary is refused (its class head and prompt
+    were trained for its own names only: new names would be guesses, which its torch backend refuses too)."""
+    from .open_vocabulary import vocabulary_bounds
+
+    if not adapted.open_vocabulary:
+        raise ExportUsageError(f"{model} was adapted per vocabulary (for its {len(adapted.categories)} names only), "
+                               "so a graph taking any names would only guess at new ones; export it without "
+                               "--open-vocabulary (a subset of its names still works at run time), or adapt with "
+                               "`--vocabulary`")
+    return vocabulary_bounds(adapted, opts.max_names, opts.max_name_tokens, opts.max_prompt_tokens)
 
 
 def _quantize(fp32_path: Path, info: ModelInfo, work: Path, opts: ExportOptions,
@@ -261,8 +299,9 @@ def _engine(onnx_path: Path, info: ModelInfo, out: Path, opts: ExportOptions, re
     backend = TensorRTBackend(plan, info, index, out)
     try:
         inputs, data = parity_inputs(info.input, info.preprocessing, 4)
-        report = compare(backend.probs, ort_probs(str(onnx_path)), inputs, f"TensorRT {precision}",
-                         "onnxruntime (CPU)", data)
+        # an open-vocabulary engine runs its default vocabulary (the file's categories): the ONNX gets the same
+        reference = ort_probs(str(onnx_path), feeds=backend.vocabulary_feeds)
+        report = compare(backend.probs, reference, inputs, f"TensorRT {precision}", "onnxruntime (CPU)", data)
         echo(report.format())
         check(report, min_agreement)
         reports.append(report)

@@ -25,7 +25,7 @@ from ifseg_deploy.runtime.backends.tensorrt import (
     import_tensorrt,
 )
 from ifseg_deploy.runtime.engine_file import EngineEnvironment, EngineKey, sha256_file
-from ifseg_deploy.runtime.model_info import INPUT_NAME, ModelInfo
+from ifseg_deploy.runtime.model_info import ModelInfo
 from ifseg_deploy.runtime.registry import DYNAMIC_INT8
 
 from .engine_cache import EngineCache
@@ -187,12 +187,15 @@ def build_engine(onnx_path: str | Path, info: ModelInfo, options: BuildOptions,
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_bytes))
     if options.optimization_level is not None:
         config.builder_optimization_level = int(options.optimization_level)
-    lo, opt, hi = info.input.shapes()
+    # One profile over every input: the pixels' sizes and, for an open-vocabulary graph, M, T and Lt of its
+    # vocabulary inputs, min/opt/max from the metadata bounds.
+    shapes = info.profile_shapes()
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         name = network.get_input(i).name
-        if name != INPUT_NAME:
-            raise EngineBuildError(f"unexpected network input {name!r}; expected {INPUT_NAME!r}")
+        if name not in shapes:
+            raise EngineBuildError(f"unexpected network input {name!r}; expected {', '.join(map(repr, shapes))}")
+        lo, opt, hi = shapes[name]
         profile.set_shape(name, trt.Dims(list(lo)), trt.Dims(list(opt)), trt.Dims(list(hi)))
     config.add_optimization_profile(profile)
 
@@ -213,7 +216,8 @@ def build_engine(onnx_path: str | Path, info: ModelInfo, options: BuildOptions,
         config.set_timing_cache(cache, ignore_mismatch=False)
     config.progress_monitor = _progress(echo)
 
-    echo(f"building a {options.precision} TensorRT {trt.__version__} engine for {info.input.describe()}, "
+    vocabulary = f" ({info.vocabulary.describe()})" if info.vocabulary is not None else ""
+    echo(f"building a {options.precision} TensorRT {trt.__version__} engine for {info.input.describe()}{vocabulary}, "
          f"workspace {options.workspace_bytes / 2**20:.0f} MiB; this takes minutes on a Jetson ...")
     start = time.monotonic()
     done = threading.Event()

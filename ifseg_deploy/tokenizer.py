@@ -19,7 +19,16 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from .errors import InputError
+from .tokenizer_files import (
+    FAIRSEQ_FILES,
+    HF_FILES,
+    SPECIALS,
+    TokenizerError,
+    read_fairseq_dict,
+    read_json_vocab,
+    read_merges,
+    require_files,
+)
 
 __all__ = [
     "DEFAULT_PROMPT",
@@ -35,21 +44,10 @@ __all__ = [
 DEFAULT_PROMPT = "what is the segmentation map of the image? object:"
 UNKNOWN_NAME = "unknown"
 
-FAIRSEQ_FILES = ("encoder.json", "vocab.bpe", "dict.txt")
-HF_FILES = ("vocab.json", "merges.txt")
 CONFIG_FILE = "tokenizer_config.json"
-_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
 _MASK = "<mask>"
 _EXTRA_SYMBOL = re.compile(r"<(code|bin)_\d+>")
-_LAYOUTS = (
-    "encoder.json + vocab.bpe + dict.txt (fairseq/official OFA layout) "
-    "or vocab.json + merges.txt (Hugging Face OFA layout)"
-)
-_EXPECTED = f"expected the English OFA BPE files: {_LAYOUTS}"
 
-
-class TokenizerError(InputError):
-    """Bad tokenizer files or bad category names; the message names the file or the name."""
 
 
 class PromptTooLongError(TokenizerError):
@@ -61,74 +59,6 @@ class PromptTooLongError(TokenizerError):
     def __init__(self, message: str, tokens: int, limit: int, fit: int) -> None:
         super().__init__(message)
         self.tokens, self.limit, self.fit = tokens, limit, fit
-
-
-def _read_json_vocab(path: Path) -> dict[str, int]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TokenizerError(f"{path}: cannot read it as JSON ({e})") from e
-    if not isinstance(data, dict) or not all(
-        isinstance(k, str) and type(v) is int and v >= 0 for k, v in data.items()
-    ):
-        raise TokenizerError(f"{path}: expected a JSON object mapping BPE pieces to non-negative integer ids")
-    if not data:
-        raise TokenizerError(f"{path}: the vocabulary is empty")
-    return data
-
-
-def _read_lines(path: Path) -> list[str]:
-    try:
-        return path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise TokenizerError(f"{path}: cannot read it ({e})") from e
-
-
-def _read_merges(path: Path) -> list[tuple[str, str]]:
-    merges = []
-    for n, line in enumerate(_read_lines(path), 1):
-        if (n == 1 and line.startswith("#version")) or not line.strip():
-            continue
-        parts = line.split(" ")
-        if len(parts) != 2 or not all(parts):
-            raise TokenizerError(f"{path}:{n}: expected a merge '<left> <right>', got {line!r}")
-        merges.append((parts[0], parts[1]))
-    return merges
-
-
-def _read_fairseq_dict(path: Path) -> list[str]:
-    """Symbols of a fairseq ``dict.txt`` in id order (first one is id 4), parsed as fairseq does."""
-    symbols: list[str] = []
-    seen = set(_SPECIALS)
-    for n, line in enumerate(_read_lines(path), 1):
-        word, _, field = line.rstrip().rpartition(" ")
-        overwrite = field == "#fairseq:overwrite"
-        if overwrite:
-            word, _, field = word.rpartition(" ")
-        if not word or not field.isdigit():
-            raise TokenizerError(f"{path}:{n}: expected '<symbol> <count>', got {line!r}")
-        if word in seen:
-            if overwrite:  # fairseq only updates the count: no new id
-                continue
-            raise TokenizerError(f"{path}:{n}: duplicate symbol {word!r}")
-        seen.add(word)
-        symbols.append(word)
-    return symbols
-
-
-def _require(path: Path, names: Sequence[str]) -> None:
-    if not path.is_dir():
-        raise TokenizerError(f"{path}: not a directory; {_EXPECTED}")
-    missing = [n for n in names if not (path / n).is_file()]
-    if not missing:
-        return
-    if (path / "vocab.txt").is_file():
-        raise TokenizerError(
-            f"{path} holds vocab.txt, the Chinese OFA (BERT) vocabulary: IFSeg needs the English OFA "
-            f"checkpoint and its BPE files ({_LAYOUTS}); "
-            "the Chinese checkpoint gives ~0.0001 mIoU"
-        )
-    raise TokenizerError(f"{path} is missing {', '.join(missing)}; {_EXPECTED}")
 
 
 def name_key(name: str) -> str:
@@ -198,7 +128,7 @@ class OFATokenizer:
         for label, value in (("num_codes", num_codes), ("num_bins", num_bins)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise TokenizerError(f"{label} must be a non-negative integer, got {value!r}")
-        bad = {p: i for p, i in pieces.items() if not len(_SPECIALS) <= i < num_text_symbols}
+        bad = {p: i for p, i in pieces.items() if not len(SPECIALS) <= i < num_text_symbols}
         if bad:
             raise TokenizerError(f"piece ids outside [4, {num_text_symbols}): {dict(list(bad.items())[:5])}")
         self._piece_ids = dict(pieces)
@@ -237,32 +167,36 @@ class OFATokenizer:
     def from_bpe_dir(cls, path: str | Path, num_codes: int = 8192, num_bins: int = 1000) -> OFATokenizer:
         """Official OFA layout: ``encoder.json`` + ``vocab.bpe`` + ``dict.txt``."""
         path = Path(path)
-        _require(path, FAIRSEQ_FILES)
-        encoder = _read_json_vocab(path / "encoder.json")
-        merges = _read_merges(path / "vocab.bpe")
-        symbols = _read_fairseq_dict(path / "dict.txt")
+        require_files(path, FAIRSEQ_FILES)
+        encoder = read_json_vocab(path / "encoder.json")
+        merges = read_merges(path / "vocab.bpe")
+        symbols = read_fairseq_dict(path / "dict.txt")
         # OFA's dict.txt also holds non-numeric symbols (madeupword0000...): they take ids but match no piece.
-        fairseq_of_gpt2 = {int(s): i + len(_SPECIALS) for i, s in enumerate(symbols) if s.isdigit()}
+        fairseq_of_gpt2 = {int(s): i + len(SPECIALS) for i, s in enumerate(symbols) if s.isdigit()}
         pieces = {p: fairseq_of_gpt2[g] for p, g in encoder.items() if g in fairseq_of_gpt2}
-        return cls(pieces, merges, len(_SPECIALS) + len(symbols), num_codes, num_bins)
+        return cls(pieces, merges, len(SPECIALS) + len(symbols), num_codes, num_bins)
 
     @classmethod
     def from_hf_dir(cls, path: str | Path, num_codes: int = 8192, num_bins: int = 1000) -> OFATokenizer:
         """Hugging Face OFA layout: ``vocab.json`` (fairseq ids) + ``merges.txt``."""
         path = Path(path)
-        _require(path, HF_FILES)
+        require_files(path, HF_FILES)
         vocab_path = path / "vocab.json"
-        vocab = _read_json_vocab(vocab_path)
-        merges = _read_merges(path / "merges.txt")
+        return cls._from_hf_vocab(read_json_vocab(vocab_path), read_merges(path / "merges.txt"), num_codes,
+                                  num_bins, str(vocab_path))
+
+    @classmethod
+    def _from_hf_vocab(cls, vocab: dict[str, int], merges: list[tuple[str, str]], num_codes: int, num_bins: int,
+                       vocab_path: str) -> OFATokenizer:
         vocab = {p: i for p, i in vocab.items() if not _EXTRA_SYMBOL.fullmatch(p)}
-        for want, special in enumerate(_SPECIALS):
+        for want, special in enumerate(SPECIALS):
             if vocab.get(special) != want:
                 raise TokenizerError(
                     f"{vocab_path}: {special} has id {vocab.get(special)}, expected {want}: "
                     "not an OFA/BART vocabulary with fairseq ids"
                 )
         num_text = vocab[_MASK] if _MASK in vocab else max(vocab.values()) + 1
-        pieces = {p: i for p, i in vocab.items() if p not in _SPECIALS and p != _MASK}
+        pieces = {p: i for p, i in vocab.items() if p not in SPECIALS and p != _MASK}
         beyond = [p for p, i in pieces.items() if i >= num_text]
         if beyond:
             raise TokenizerError(f"{vocab_path}: pieces with ids after {_MASK} ({num_text}): {beyond[:5]}")
@@ -294,7 +228,7 @@ class OFATokenizer:
         # Name the missing files of the layout the directory most resembles.
         n_hf = sum((path / n).is_file() for n in HF_FILES)
         n_fs = sum((path / n).is_file() for n in FAIRSEQ_FILES)
-        _require(path, HF_FILES if n_hf > n_fs else FAIRSEQ_FILES)
+        require_files(path, HF_FILES if n_hf > n_fs else FAIRSEQ_FILES)
         raise AssertionError("unreachable")
 
     def save(self, out_dir: str | Path) -> list[str]:
@@ -303,9 +237,7 @@ class OFATokenizer:
         Returns the file names; :meth:`from_dir` on ``out_dir`` gives the same ids."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        vocab = {s: i for i, s in enumerate(_SPECIALS)}
-        vocab.update(sorted(self._piece_ids.items(), key=lambda kv: (kv[1], kv[0])))
-        vocab[_MASK] = self.num_text_symbols
+        vocab = self.to_dict()["vocab"]
         (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False) + "\n", encoding="utf-8")
         merges = "".join(f"{a} {b}\n" for a, b in self._merges)
         (out / "merges.txt").write_text("#version: 0.2\n" + merges, encoding="utf-8")
@@ -313,6 +245,32 @@ class OFATokenizer:
         config["num_bins"] = self.num_bins
         (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         return ["vocab.json", "merges.txt", CONFIG_FILE]
+
+    def to_dict(self) -> dict:
+        """The files of :meth:`save` as one JSON-able object (``vocab``, ``merges``, ``num_codes``, ``num_bins``):
+        what an open-vocabulary export stores in its metadata, so the file alone can tokenize new names."""
+        vocab = {s: i for i, s in enumerate(SPECIALS)}
+        vocab.update(sorted(self._piece_ids.items(), key=lambda kv: (kv[1], kv[0])))
+        vocab[_MASK] = self.num_text_symbols
+        return {"tokenizer": "ifseg_deploy.OFATokenizer", "vocab": vocab,
+                "merges": [f"{a} {b}" for a, b in self._merges], "num_codes": self.num_codes, "num_bins": self.num_bins}
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "the stored tokenizer") -> OFATokenizer:
+        """Inverse of :meth:`to_dict`; :class:`TokenizerError` naming ``source`` when it is malformed."""
+        try:
+            vocab, merge_lines = data["vocab"], data["merges"]
+            if not isinstance(vocab, dict) or not all(isinstance(k, str) and type(v) is int for k, v in vocab.items()):
+                raise ValueError("vocab is not a mapping of pieces to ids")
+            merges = []
+            for line in merge_lines:
+                left, right = str(line).split(" ")
+                merges.append((left, right))
+            return cls._from_hf_vocab(vocab, merges, int(data["num_codes"]), int(data["num_bins"]), source)
+        except TokenizerError:
+            raise
+        except (KeyError, TypeError, ValueError) as e:
+            raise TokenizerError(f"{source}: not a stored OFA tokenizer ({type(e).__name__}: {e})") from None
 
     # ---- vocabulary layout ------------------------------------------------------------------------------
 

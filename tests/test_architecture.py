@@ -18,7 +18,7 @@ from helpers.imports import PACKAGE, SOURCE_ROOTS, cycles, find_modules, import_
 #: Lowest first. A top-level module or subpackage of ifseg_deploy belongs to one layer.
 LAYERS: list[tuple[str, set[str]]] = [
     ("foundation", {"", "version", "errors", "atomic", "artifacts", "presets", "devices", "preprocessing", "refine",
-                    "tokenizer"}),
+                    "tokenizer", "tokenizer_files"}),
     ("modeling", {"modeling", "kernels"}),
     ("checkpoints", {"checkpoints", "model_dir", "pretrained", "adapt"}),
     ("runtime", {"runtime"}),

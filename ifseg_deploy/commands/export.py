@@ -42,6 +42,17 @@ FORMATS = ("onnx", "tensorrt")
 @click.option("--no-refine", is_flag=True, help="Leave the kNN refinement (K=3, 25 iterations) out of the graph.")
 @click.option("--labels", is_flag=True,
               help="Add a second output: labels at the input size (bilinear upsampling + argmax in the graph).")
+@click.option("--open-vocabulary", is_flag=True,
+              help="A graph that takes the vocabulary as input (prompt ids, padded name ids, lengths): the file "
+                   "segments any names given at run time (--categories, set_categories) without a new export or "
+                   "engine. Needs a model adapted with `--vocabulary`; fp32 ONNX or a TensorRT engine.")
+@click.option("--max-names", type=click.IntRange(min=1), metavar="M",
+              help="With --open-vocabulary: most category names at once. [default: 32]")
+@click.option("--max-name-tokens", type=click.IntRange(min=1), metavar="T",
+              help="With --open-vocabulary: most tokens per name. [default: 8]")
+@click.option("--max-prompt-tokens", type=click.IntRange(min=2), metavar="LT",
+              help="With --open-vocabulary: most prompt tokens (prompt, names, 'unknown'). [default: 256, or the "
+                   "encoder's text positions if fewer]")
 @click.option("--opset", type=click.IntRange(min=17), default=18, show_default=True, help="ONNX opset (>= 17).")
 @click.option("--agreement-threshold", type=click.FloatRange(0, 1), default=0.999, show_default=True,
               help="fp32: minimum label agreement with PyTorch (grid cells); below it the export fails.")
@@ -65,8 +76,9 @@ FORMATS = ("onnx", "tensorrt")
 def export(model: str, fmt: str, precision: str | None, calib_images: str | None, calib_method: str,
            calib_max: int, calib_min: int, input_size: tuple[int, int] | None, dynamic: bool,
            min_size: tuple[int, int] | None, opt_size: tuple[int, int] | None, max_size: tuple[int, int] | None,
-           max_batch: int, no_refine: bool,
-           labels: bool, opset: int, agreement_threshold: float, reduced_agreement_threshold: float,
+           max_batch: int, no_refine: bool, open_vocabulary: bool, max_names: int | None,
+           max_name_tokens: int | None, max_prompt_tokens: int | None, labels: bool, opset: int,
+           agreement_threshold: float, reduced_agreement_threshold: float,
            max_miou_drop: float, eval_dataset: str | None, eval_root: str | None, eval_limit: int | None,
            workspace: int, engine_cache: str | None, device: str | None, overwrite: bool, out: str) -> None:
     """Export MODEL to a checked, self-describing file for the edge device.
@@ -76,6 +88,7 @@ def export(model: str, fmt: str, precision: str | None, calib_images: str | None
       ifseg-deploy export --model my_model --dynamic --max-batch 4 --out my_model.dyn.onnx
       ifseg-deploy export --model my_model.onnx --precision int8 --calib-images photos/ --out my_model.int8.onnx
       ifseg-deploy export --model my_model.onnx --format tensorrt --precision fp16 --out my_model.engine
+      ifseg-deploy export --model open_model --open-vocabulary --max-names 16 --out open_model.onnx
 
     Every export is checked before it is written: ONNX Runtime against PyTorch (fp32: at least 99.9% of the
     labels agree, or the export fails and nothing is written), INT8 against fp32 (label agreement, and the
@@ -119,7 +132,8 @@ def export(model: str, fmt: str, precision: str | None, calib_images: str | None
             agreement_threshold=agreement_threshold, reduced_agreement_threshold=reduced_agreement_threshold,
             max_miou_drop=max_miou_drop, eval_dataset=eval_dataset, eval_root=eval_root, eval_limit=eval_limit,
             workspace_bytes=workspace * 2**20, engine_cache=engine_cache, device=device, overwrite=overwrite,
-            echo=click.echo)
+            open_vocabulary=open_vocabulary, max_names=max_names, max_name_tokens=max_name_tokens,
+            max_prompt_tokens=max_prompt_tokens, echo=click.echo)
     except ParityError as e:
         raise click.ClickException(f"export failed its parity check; nothing was written to {out}\n{e}") from None
     except (ExportUsageError, SpecError) as e:
@@ -128,4 +142,6 @@ def export(model: str, fmt: str, precision: str | None, calib_images: str | None
             TensorRTUnavailableError, CalibrationError, DatasetError, ClassMismatchError, FileExistsError,
             FileNotFoundError) as e:
         raise click.ClickException(f"{e}\nnothing was written to {out}") from None
-    click.echo(f"done: {summary.path} ({summary.format}, {summary.precision}, {summary.info.input.describe()})")
+    vocabulary = summary.info.vocabulary
+    click.echo(f"done: {summary.path} ({summary.format}, {summary.precision}, {summary.info.input.describe()}"
+               + (f"; open vocabulary: {vocabulary.describe()}" if vocabulary is not None else "") + ")")

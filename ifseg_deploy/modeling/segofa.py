@@ -12,13 +12,12 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..presets import OFAConfig
 from .attention import MultiheadAttention
 from .decoder import SurrogateDecoder
-from .encoder import EncoderOutput, OFAEncoder
+from .encoder import PAD_ID, EncoderOutput, OFAEncoder
 from .position import max_text_tokens
 from .precision import full_precision
 
@@ -26,6 +25,27 @@ BOS_ID = 0
 #: The logit of a padded class: finite, so bilinear upsampling (weights of 0 included) keeps it, and exp() of it
 #: is 0 next to any real logit.
 MASKED_LOGIT = -1e4
+
+
+def pad_name_tokens(name_tokens: Sequence[Sequence[int]], pad_to: int = 0, pad_id: int = PAD_ID,
+                    device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+    """(M, T) int64 ids of each name, right-padded with ``pad_id`` to T = max(longest name, ``pad_to``), and
+    (M,) int64 lengths."""
+    lengths = [len(t) for t in name_tokens]
+    ids = torch.full((len(lengths), max([pad_to, *lengths])), pad_id, dtype=torch.long)
+    for i, toks in enumerate(name_tokens):
+        ids[i, :len(toks)] = torch.tensor(list(toks), dtype=torch.long)
+    return ids.to(device), torch.tensor(lengths, dtype=torch.long, device=device)
+
+
+def mean_token_embeddings(table: Tensor, ids: Tensor, lengths: Tensor) -> Tensor:
+    """The class head of IFSeg: (M, d) fp32 rows, row c the mean of ``table``'s rows for the first
+    ``lengths[c]`` ids of ``ids[c]`` ((M, T) padded name ids). Plain gathers and sums, so that an ONNX graph
+    taking the names as input computes the table exactly as the PyTorch model does."""
+    rows = table.float()[ids]  # (M, T, d)
+    keep = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0) < lengths.unsqueeze(1)  # (M, T)
+    total = (rows * keep.unsqueeze(-1).to(rows.dtype)).sum(dim=1)
+    return total / lengths.unsqueeze(1).to(rows.dtype)
 
 
 class SegOFAOutput(NamedTuple):
@@ -89,15 +109,13 @@ class SegOFA(nn.Module):
 
     # -- categories -------------------------------------------------------------------------------------------
     def class_embeddings(self, name_tokens: Sequence[Sequence[int]]) -> Tensor:
-        """(M, d): row c is the mean of the token embeddings of name c, accumulated in fp32."""
+        """(M, d): row c is the mean of the token embeddings of name c, accumulated in fp32
+        (:func:`mean_token_embeddings` on the names' padded ids: the same op the open-vocabulary export runs)."""
         table = self.encoder.embed_tokens.weight
         if not name_tokens or any(len(t) == 0 for t in name_tokens):
             raise ValueError("every category name needs at least one token")
-        flat = torch.tensor([t for toks in name_tokens for t in toks], dtype=torch.long, device=table.device)
-        offsets = torch.tensor([0, *torch.tensor([len(t) for t in name_tokens]).cumsum(0)[:-1].tolist()],
-                               dtype=torch.long, device=table.device)
-        rows = F.embedding_bag(flat, table.float(), offsets, mode="mean")
-        return rows.to(table.dtype)
+        ids, lengths = pad_name_tokens(name_tokens, device=table.device)
+        return mean_token_embeddings(table, ids, lengths).to(table.dtype)
 
     def set_prompt(self, src_tokens: Sequence[int], name_tokens: Sequence[Sequence[int]]) -> None:
         """Install the encoder prompt ids and rebuild the class table (and head) from the names' tokens."""

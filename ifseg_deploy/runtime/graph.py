@@ -2,7 +2,8 @@
 
 The prompt ids and the class table are constants of the graph (as the category names are fixed at adaptation),
 so the exported model needs nothing but pixels. ``class_index`` (set by the torch backend's ``set_categories``)
-keeps a subset of the classes; an export leaves it None.
+keeps a subset of the classes; an export leaves it None. ``export --open-vocabulary`` traces a subclass whose
+prompt and names are inputs instead (``ifseg_deploy.export.open_vocabulary.OpenVocabularyGraph``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ class InferenceGraph(nn.Module):
         logits = self.model.run_tokens(self.model.project_features(features), check_padding=False).logits
         if self.class_index is not None:
             logits = logits.index_select(1, self.class_index)
+        return self.head(pixels, features, logits)
+
+    def head(self, pixels: Tensor, features: Tensor, logits: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        """Class logits -> softmax, the optional refinement on the ResNet ``features``, the optional labels."""
         probs = logits.float().softmax(dim=1)
         if self.refine_k > 1 and self.refine_iters > 0:
             probs = knn_refine(probs, features, self.refine_k, self.refine_iters)

@@ -1,7 +1,9 @@
 """The self-description stored in an exported ONNX file's ``metadata_props`` (and beside a TensorRT engine).
 
 Everything a runtime needs besides the graph: category names, preprocessing, refinement, accepted input sizes,
-precision. The ONNX Runtime backend reads it, so the .onnx file alone is a deployable model.
+precision; for an open-vocabulary export also the bounds of its vocabulary inputs and the tokenizer (so new names
+are tokenized from the file alone). The ONNX Runtime backend reads it, so the .onnx file alone is a deployable
+model.
 Values are strings (ONNX's rule); structured ones are JSON.
 """
 
@@ -17,6 +19,7 @@ from ..errors import ArtifactError
 from ..preprocessing import PreprocessConfig
 from ..refine import PAPER_REFINEMENT
 from .input_spec import InputSpec, SpecError
+from .open_vocabulary import VOCABULARY_INPUTS, VocabularyBounds
 from .registry import PRECISIONS
 
 FORMAT = "ifseg-deploy/onnx"
@@ -47,9 +50,25 @@ class ModelInfo:
     prompt: str = ""
     #: e.g. the calibration of an INT8 model, the parity report of the export
     extra: dict[str, Any] = field(default_factory=dict)
+    #: an open-vocabulary export (``export --open-vocabulary``): the bounds of its vocabulary inputs, and the
+    #: tokenizer that makes them (:meth:`~ifseg_deploy.tokenizer.OFATokenizer.to_dict`); None for a fixed graph
+    vocabulary: VocabularyBounds | None = None
+    tokenizer: dict[str, Any] | None = None
+
+    @property
+    def open_vocabulary(self) -> bool:
+        """Whether the graph takes the vocabulary as input (any names) instead of having it built in."""
+        return self.vocabulary is not None
 
     def __post_init__(self) -> None:
         self.preprocessing = PreprocessConfig.from_dict(self.preprocessing)
+
+    def profile_shapes(self) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+        """(min, opt, max) shape of every graph input: a TensorRT optimization profile, the largest buffers."""
+        shapes = {INPUT_NAME: self.input.shapes()}
+        if self.vocabulary is not None:
+            shapes.update({name: self.vocabulary.shapes(name) for name in VOCABULARY_INPUTS})
+        return shapes
 
     def to_props(self) -> dict[str, str]:
         values: dict[str, Any] = {
@@ -66,6 +85,9 @@ class ModelInfo:
             "prompt": self.prompt,
             "extra": self.extra,
         }
+        if self.vocabulary is not None:
+            values["vocabulary"] = self.vocabulary.to_dict()
+            values["tokenizer"] = self.tokenizer
         return {PREFIX + k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
 
     @classmethod
@@ -94,12 +116,16 @@ class ModelInfo:
                 package_version=props.get(PREFIX + "package_version", ""),
                 prompt=props.get(PREFIX + "prompt", ""),
                 extra=dict(j("extra")) if PREFIX + "extra" in props else {},
+                vocabulary=VocabularyBounds.from_dict(j("vocabulary")) if PREFIX + "vocabulary" in props else None,
+                tokenizer=dict(j("tokenizer")) if PREFIX + "vocabulary" in props else None,
             )
         except MetadataError:
             raise
         except (KeyError, TypeError, ValueError, SpecError) as e:
             raise MetadataError(f"{source} has incomplete or broken ifseg-deploy metadata ({type(e).__name__}: "
                                 f"{e})") from None
+        if info.open_vocabulary and not info.tokenizer:
+            raise MetadataError(f"{source}: an open-vocabulary export without its tokenizer ({PREFIX}tokenizer)")
         if info.precision not in PRECISIONS or not info.categories:
             raise MetadataError(f"{source}: bad metadata (precision {info.precision!r}, "
                                 f"{len(info.categories)} categories)")

@@ -5,7 +5,8 @@
 >>> result.labels.shape, result.class_names                           # (H, W) ids at the photo's size
 >>> seg = Segmenter.from_pretrained("model.onnx", backend="onnxruntime")  # same calls, another engine
 >>> seg = Segmenter(my_backend)                                       # any ``Backend`` implementation
->>> seg.set_categories(["floor", "person"])   # a subset of its own (any model); any names (open-vocabulary models)
+>>> seg.set_categories(["floor", "person"])   # a subset of its own (any model); any names (open-vocabulary models
+>>>                                           # on torch, and their `export --open-vocabulary` files)
 
 The pipeline is the paper's evaluation protocol (``ifseg_method.md`` §4; geometry in :mod:`ifseg_deploy.preprocessing`):
 resize (short side 512, long side at most 2048, bilinear), RGB / 255, (x - 0.5) / 0.5, the backend's
@@ -138,9 +139,10 @@ class Segmenter:
         Any model takes a subset of its own categories, in any order: the other classes' logits are masked
         before the softmax (the torch backend), or their probabilities dropped and the rest renormalised (the
         exported backends; the same when the file has no refinement). A model adapted with ``--vocabulary``
-        on the torch backend takes any names (its prompt and class table are rebuilt). Refused with
-        :class:`~ifseg_deploy.errors.CategoryError`: an empty list, blank or duplicate names, and names a
-        per-vocabulary model does not know."""
+        takes any names: on the torch backend its prompt and class table are rebuilt; its ``export
+        --open-vocabulary`` file (ONNX Runtime, TensorRT) gets new vocabulary inputs, within the file's bounds.
+        Refused with :class:`~ifseg_deploy.errors.CategoryError`: an empty list, blank or duplicate names, names a
+        per-vocabulary model does not know, and names beyond an open-vocabulary file's bounds."""
         checked = check_names(names)
         if self.backend.can_set_categories:
             self.backend.set_categories(checked)

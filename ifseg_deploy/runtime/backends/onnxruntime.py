@@ -3,7 +3,9 @@
 Execution providers are tried in the order TensorRT -> CUDA -> CPU among those this onnxruntime build lists,
 and the session reports which of them really loaded (``onnxruntime-gpu`` lists CUDA and TensorRT even on a
 machine without their libraries, and silently falls back to the CPU). Everything else (categories,
-preprocessing, refinement, accepted sizes, precision) comes from the file's metadata.
+preprocessing, refinement, accepted sizes, precision) comes from the file's metadata. An open-vocabulary export
+(``export --open-vocabulary``) also gets its vocabulary inputs from it: the stored tokenizer turns the names of
+:meth:`OrtBackend.set_categories` into new input tensors, with no new session.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ...artifacts import check_artifact
 from ...errors import BackendError
 from ..backend import Backend, require_refinement
 from ..model_info import INPUT_NAME, PROBS_NAME, MetadataError, ModelInfo, read_info
+from ..open_vocabulary import VOCABULARY_INPUTS, TakesVocabulary
 from ..registry import DYNAMIC_INT8
 from .ort_providers import CPU_EP, CUDA_EP, TRT_EP, device_id, providers_for
 from .ort_session import OrtSessionSettings, release_freed_memory
@@ -28,7 +31,7 @@ from .ort_session import OrtSessionSettings, release_freed_memory
 __all__ = ["CPU_EP", "CUDA_EP", "TRT_EP", "OrtBackend", "OrtSessionSettings"]
 
 
-class OrtBackend(Backend):
+class OrtBackend(TakesVocabulary, Backend):
     """An exported ONNX model on ONNX Runtime. Use :meth:`from_file`."""
 
     name = "onnxruntime"
@@ -54,6 +57,12 @@ class OrtBackend(Backend):
         shape = session.get_inputs()[0].shape
         # A static batch dimension (exports with max batch 1) takes one image per run.
         self.max_batch = shape[0] if isinstance(shape[0], int) else info.input.max_batch
+        if info.open_vocabulary:
+            missing = [n for n in VOCABULARY_INPUTS if n not in inputs]
+            if missing:
+                raise MetadataError(f"{path or 'the model'} says it is an open-vocabulary export but lacks the "
+                                    f"inputs {missing}")
+        self._init_vocabulary(info, str(path or "this file"))
 
     @classmethod
     def from_file(cls, path: str | Path, *, device: str | None = None, refinement: tuple[int, int] | None = None,
@@ -128,10 +137,10 @@ class OrtBackend(Backend):
                 "trt_fp16_enable": bool(fp16), "trt_layer_norm_fp32_fallback": True,
                 "trt_int8_enable": info.precision == "int8",
             }
-            if info.input.is_dynamic or info.input.max_batch > 1:
-                lo, opt, hi = ("x".join(str(d) for d in s) for s in info.input.shapes())
-                trt.update(trt_profile_min_shapes=f"{INPUT_NAME}:{lo}", trt_profile_opt_shapes=f"{INPUT_NAME}:{opt}",
-                           trt_profile_max_shapes=f"{INPUT_NAME}:{hi}")
+            if info.input.is_dynamic or info.input.max_batch > 1 or info.open_vocabulary:
+                shapes = info.profile_shapes()
+                for i, key in enumerate(("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes")):
+                    trt[key] = ",".join(f"{name}:{'x'.join(str(d) for d in s[i])}" for name, s in shapes.items())
             out[TRT_EP] = trt
         return out
 
@@ -145,7 +154,8 @@ class OrtBackend(Backend):
             raise ValueError(f"{self.path or 'this model'} was exported for {h}x{w} inputs only, got "
                              f"{x.shape[2]}x{x.shape[3]}; resize the image or export with --dynamic")
         step = self.max_batch or x.shape[0]
-        parts = [self.session.run([PROBS_NAME], {INPUT_NAME: x[i:i + step]})[0] for i in range(0, x.shape[0], step)]
+        parts = [self.session.run([PROBS_NAME], {INPUT_NAME: x[i:i + step], **self.vocabulary_feeds})[0]
+                 for i in range(0, x.shape[0], step)]
         if self._trim_after_run:  # the first run's planning frees more than it keeps
             self._trim_after_run = False
             release_freed_memory()

@@ -21,6 +21,7 @@ from ...errors import BackendError, UsageError
 from ..backend import Backend, require_refinement
 from ..engine_file import EngineEnvironment, EngineFileError, check_environment, read_engine
 from ..model_info import INPUT_NAME, PROBS_NAME, ModelInfo
+from ..open_vocabulary import TakesVocabulary
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -71,8 +72,9 @@ def device_environment(device_index: int = 0) -> EngineEnvironment:
     return EngineEnvironment(str(version), str(dev.name()), f"{major}.{minor}")
 
 
-class TensorRTBackend(Backend):
-    """A TensorRT engine. Use :meth:`from_file`."""
+class TensorRTBackend(TakesVocabulary, Backend):
+    """A TensorRT engine. Use :meth:`from_file`. An engine of an open-vocabulary export takes new names through
+    :meth:`set_categories` within its profile's bounds (new input shapes, no rebuild)."""
 
     name = "tensorrt"
 
@@ -87,6 +89,7 @@ class TensorRTBackend(Backend):
         self.refinement = tuple(info.refinement)  # type: ignore[assignment]
         self.fixed_input_size = info.input.fixed_size
         self.device = f"cuda:{device_index}"
+        self._init_vocabulary(info, str(path or "this engine"))  # before any CUDA state: a bad tokenizer raises
         self._cuda = cuda
         self._ctx = cuda.Device(device_index).retain_primary_context()
         self._ctx.push()
@@ -103,8 +106,9 @@ class TensorRTBackend(Backend):
             self._buffers: dict[str, tuple[Any, np.ndarray]] = {}
             names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
             self._outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-            if INPUT_NAME not in names or PROBS_NAME not in self._outputs:
-                raise EngineFileError(f"engine tensors {names}: expected {INPUT_NAME!r} -> {PROBS_NAME!r}")
+            wanted = [INPUT_NAME, *self.vocabulary_feeds]
+            if any(n not in names for n in wanted) or PROBS_NAME not in self._outputs:
+                raise EngineFileError(f"engine tensors {names}: expected {', '.join(wanted)} -> {PROBS_NAME!r}")
             for name in names:
                 dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
                 count = int(np.prod(self._max_shape(name)))
@@ -117,12 +121,14 @@ class TensorRTBackend(Backend):
             self._ctx.pop()
 
     def _max_shape(self, name: str) -> tuple[int, ...]:
-        lo, _, hi = self.info.input.shapes()
-        batch, _, h, w = hi
-        if name == INPUT_NAME:
-            return tuple(hi)
+        inputs = self.info.profile_shapes()
+        batch, _, h, w = inputs[INPUT_NAME][2]
+        if name in inputs:
+            return tuple(inputs[name][2])
         if name == PROBS_NAME:
-            return (batch, len(self.categories), -(-h // 16), -(-w // 16))
+            vocabulary = self.info.vocabulary
+            classes = len(self.info.categories) if vocabulary is None else vocabulary.max_names
+            return (batch, classes, -(-h // 16), -(-w // 16))
         return (batch, h, w)  # labels
 
     @classmethod
@@ -172,11 +178,12 @@ class TensorRTBackend(Backend):
             raise RuntimeError("this TensorRT backend was closed")
         self._ctx.push()
         try:
-            d_in, h_in = self._buffers[INPUT_NAME]
-            h_in[:x.size] = x.ravel()
-            cuda.memcpy_htod_async(d_in, h_in[:x.size], self._stream)
-            if not context.set_input_shape(INPUT_NAME, tuple(x.shape)):
-                raise RuntimeError(f"TensorRT refused the input shape {x.shape}")
+            for name, value in ((INPUT_NAME, x), *self.vocabulary_feeds.items()):
+                d_in, h_in = self._buffers[name]
+                h_in[:value.size] = value.ravel()
+                cuda.memcpy_htod_async(d_in, h_in[:value.size], self._stream)
+                if not context.set_input_shape(name, tuple(value.shape)):
+                    raise RuntimeError(f"TensorRT refused the shape {value.shape} of input {name!r}")
             dims = context.get_tensor_shape(PROBS_NAME)
             out_shape = tuple(int(dims[i]) for i in range(len(dims)))
             if not context.execute_async_v3(self._stream.handle):
