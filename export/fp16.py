@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ifseg_deploy.errors import QualityError
+from ifseg_deploy.errors import BackendError, QualityError
 from ifseg_deploy.runtime.model_info import ModelInfo, read_metadata, write_metadata
 
 from .parity import ParityReport, check, compare, ort_probs
@@ -52,6 +52,10 @@ _FLOAT, _FLOAT16 = 1, 10  # onnx.TensorProto.FLOAT / FLOAT16
 
 class Fp16Error(QualityError):
     """The FP16 conversion failed or produced something that is not an fp16 model."""
+
+
+class Fp16MissingError(BackendError):
+    """The FP16 conversion's library (TensorRT Model Optimizer) is not installed."""
 
 
 def fp32_node_names(model: Any, op_types: Iterable[str] = FP32_OP_TYPES) -> set[str]:
@@ -150,8 +154,12 @@ def convert_fp16(fp32_onnx: str | Path, out: str | Path, *,
     """Write the FP16 version of an exported fp32 model to ``out`` (a temporary path: the caller checks it before
     publishing it). ``op_types`` stay fp32, and so does the refinement (:func:`refinement_nodes`)."""
     import onnx
-    from modelopt.onnx.autocast import convert_to_mixed_precision
 
+    try:
+        from modelopt.onnx.autocast import convert_to_mixed_precision
+    except ImportError as e:
+        raise Fp16MissingError(f"the FP16 conversion needs nvidia-modelopt[onnx] ({e.name} is missing): pip "
+                               "install 'ifseg-deploy[int8]'") from None
     fp32_onnx, out = Path(fp32_onnx), Path(out)
     src = onnx.load(str(fp32_onnx), load_external_data=False)
     info = read_metadata(src, str(fp32_onnx))
