@@ -192,9 +192,16 @@ def convert_fp16(fp32_onnx: str | Path, out: str | Path, *,
 def check_fp16(fp32_onnx: str | Path, fp16_onnx: str | Path, inputs: Sequence[np.ndarray], *, data: str = "",
                min_agreement: float = FP16_AGREEMENT,
                echo: Callable[[str], None] = print) -> ParityReport:
-    """ONNX Runtime (CPU) fp16 file against the fp32 one: label agreement over ``inputs``, gated."""
-    report = compare(ort_probs(str(fp16_onnx)), ort_probs(str(fp32_onnx)), inputs, "onnxruntime fp16 (CPU)",
-                     "onnxruntime fp32 (CPU)", data)
+    """ONNX Runtime (CPU) fp16 file against the fp32 one: label agreement over ``inputs``, gated. A file ONNX
+    Runtime cannot run is not published either (:class:`Fp16Error`): it could not be checked."""
+    try:
+        report = compare(ort_probs(str(fp16_onnx)), ort_probs(str(fp32_onnx)), inputs, "onnxruntime fp16 (CPU)",
+                         "onnxruntime fp32 (CPU)", data)
+    except Exception as e:
+        if not type(e).__module__.startswith("onnxruntime"):
+            raise
+        raise Fp16Error(f"ONNX Runtime (CPU) cannot run the FP16 file, so it cannot be checked: "
+                        f"{str(e).strip()[:500]}") from None
     echo(report.format())
     return check(report, min_agreement)
 
