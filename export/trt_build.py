@@ -180,13 +180,26 @@ def pin_fp32_layers(network: trt.INetworkDefinition, fp32_nodes: set[str]) -> in
     return pinned
 
 
-def build_engine(onnx_path: str | Path, info: ModelInfo, options: BuildOptions,
-                 timing_cache: Path | None = None, echo: Echo = log.info) -> bytes:
-    """Parse ``onnx_path`` and build a serialized engine (the plan bytes)."""
+def _int8_flags(network: trt.INetworkDefinition, config: trt.IBuilderConfig, options: BuildOptions,
+                onnx_path: str | Path, echo: Echo) -> None:
+    """Weakly typed INT8: TensorRT picks fp16 where allowed (the scales come from the Q/DQ nodes), with the
+    precision-sensitive layers pinned to fp32."""
     import onnx
+    import tensorrt as trt
 
     from .fp16 import fp32_node_names
 
+    config.set_flag(trt.BuilderFlag.FP16)
+    config.set_flag(trt.BuilderFlag.INT8)
+    if options.pin_fp32:
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+        nodes = fp32_node_names(onnx.load(str(onnx_path), load_external_data=False))
+        echo(f"keeping {pin_fp32_layers(network, nodes)} layer(s) in fp32 (LayerNorm, Softmax, Pow, ...)")
+
+
+def build_engine(onnx_path: str | Path, info: ModelInfo, options: BuildOptions,
+                 timing_cache: Path | None = None, echo: Echo = log.info) -> bytes:
+    """Parse ``onnx_path`` and build a serialized engine (the plan bytes)."""
     import_tensorrt()  # a clear error where TensorRT is missing
     import tensorrt as trt
 
@@ -220,13 +233,7 @@ def build_engine(onnx_path: str | Path, info: ModelInfo, options: BuildOptions,
     if options.precision in ("fp16", "int8") and not builder.platform_has_fast_fp16:
         echo("warning: this GPU has no fast fp16; the engine may be slower than fp32")
     if options.precision == "int8":
-        # weakly typed: TensorRT picks fp16 where allowed; explicit quantization: the scales come from Q/DQ nodes
-        config.set_flag(trt.BuilderFlag.FP16)
-        config.set_flag(trt.BuilderFlag.INT8)
-        if options.pin_fp32:
-            config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-            nodes = fp32_node_names(onnx.load(str(onnx_path), load_external_data=False))
-            echo(f"keeping {pin_fp32_layers(network, nodes)} layer(s) in fp32 (LayerNorm, Softmax, Pow, ...)")
+        _int8_flags(network, config, options, onnx_path, echo)
     # strongly typed (fp16): no precision flag may be set; fp32: none is
 
     if timing_cache is not None:
