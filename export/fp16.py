@@ -194,9 +194,15 @@ def check_fp16(fp32_onnx: str | Path, fp16_onnx: str | Path, inputs: Sequence[np
                echo: Callable[[str], None] = print) -> ParityReport:
     """ONNX Runtime (CPU) fp16 file against the fp32 one: label agreement over ``inputs``, gated. A file ONNX
     Runtime cannot run is not published either (:class:`Fp16Error`): it could not be checked."""
+    from ifseg_deploy.runtime.model_info import read_info
+    from ifseg_deploy.runtime.open_vocabulary import VocabularyFeeds
+
+    info = read_info(fp32_onnx)
+    # an open-vocabulary file is checked on its own names (the vocabulary inputs only change the class table)
+    feeds = VocabularyFeeds.from_info(info, str(fp32_onnx))(info.categories) if info.open_vocabulary else None
     try:
-        report = compare(ort_probs(str(fp16_onnx)), ort_probs(str(fp32_onnx)), inputs, "onnxruntime fp16 (CPU)",
-                         "onnxruntime fp32 (CPU)", data)
+        report = compare(ort_probs(str(fp16_onnx), feeds=feeds), ort_probs(str(fp32_onnx), feeds=feeds), inputs,
+                         "onnxruntime fp16 (CPU)", "onnxruntime fp32 (CPU)", data)
     except Exception as e:
         if not type(e).__module__.startswith("onnxruntime"):
             raise
