@@ -4,6 +4,7 @@
 published at ``out`` (written atomically, so a failed export leaves nothing there):
 
 * fp32 ONNX: ONNX Runtime against PyTorch, label agreement >= ``agreement_threshold`` (99.9 %);
+* fp16 ONNX: ONNX Runtime fp16 against fp32, agreement >= ``fp16_agreement_threshold`` (99 %);
 * INT8 ONNX: ONNX Runtime INT8 against fp32, agreement >= ``reduced_agreement_threshold`` and, with a labelled
   set, an mIoU drop of at most ``max_miou_drop``;
 * TensorRT engine: the engine against the ONNX file it was built from, with the threshold of its precision.
@@ -25,6 +26,7 @@ from ifseg_deploy.runtime.input_spec import DEFAULT_OPT, InputSpec, format_size
 from ifseg_deploy.runtime.model_info import ModelInfo, read_info
 from ifseg_deploy.runtime.registry import DYNAMIC_INT8, PRECISIONS
 
+from .fp16 import FP16_AGREEMENT
 from .onnx_export import DEFAULT_OPSET
 from .parity import FP32_AGREEMENT, REDUCED_AGREEMENT, ParityReport
 
@@ -57,6 +59,8 @@ class ExportOptions:
     calib_min: int = 4
     agreement_threshold: float = FP32_AGREEMENT
     reduced_agreement_threshold: float = REDUCED_AGREEMENT
+    #: fp16 (the ONNX file, and a TensorRT fp16 engine against it)
+    fp16_agreement_threshold: float = FP16_AGREEMENT
     #: INT8 with ``eval_dataset``: the largest allowed mIoU loss (0.01 = 1 point)
     max_miou_drop: float | None = 0.01
     #: a name of :data:`ifseg_deploy.evaluation.registry.DATASETS`, for the INT8 mIoU gate
@@ -81,10 +85,6 @@ class ExportOptions:
         precision = self.precision or ("fp16" if self.format == "tensorrt" else "fp32")
         if precision not in PRECISIONS:
             raise ExportUsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        if self.format == "onnx" and precision == "fp16":
-            raise ExportUsageError("fp16 is a TensorRT build setting: export --format tensorrt --precision fp16 "
-                                   "(the engine keeps LayerNorm/Softmax/Pow in fp32), or run the fp32 .onnx with "
-                                   "onnxruntime's TensorRT provider and fp16=True")
         if precision == DYNAMIC_INT8 and self.format != "onnx":
             raise ExportUsageError(f"{DYNAMIC_INT8} is ONNX Runtime's CPU format, which TensorRT does not run: "
                                    "export --format onnx --precision int8-dynamic, or build an engine from the "
@@ -219,6 +219,13 @@ def _export(model: Path, out: Path, work: Path, opts: ExportOptions, dataset: An
             publish(onnx_path, out)
             echo(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
             return ExportSummary(out, opts.format, precision, info, reports)
+    elif precision == "fp16" and info.precision == "fp32":
+        # 2b. FP16: the types in the file (TensorRT builds it strongly typed), checked here on ONNX Runtime
+        onnx_path, info = _fp16(onnx_path, info, work, opts, reports, echo)
+        if opts.format == "onnx":
+            publish(onnx_path, out)
+            echo(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
+            return ExportSummary(out, opts.format, precision, info, reports)
     elif opts.format == "onnx":
         raise ExportUsageError(f"{model} is already a {info.precision} ONNX file; nothing to export to "
                                f"{precision} ONNX")
@@ -267,6 +274,22 @@ def _quantize_dynamic(fp32_path: Path, info: ModelInfo, work: Path, opts: Export
     return q.path, q.info
 
 
+def _fp16(fp32_path: Path, info: ModelInfo, work: Path, opts: ExportOptions, reports: list[ParityReport],
+          echo: Echo) -> tuple[Path, ModelInfo]:
+    from .fp16 import check_fp16, convert_fp16
+    from .inputs import parity_inputs
+
+    result = convert_fp16(fp32_path, work / "model.fp16.onnx")
+    counts = ", ".join(f"{op} {row['fp16']}/{sum(row.values())}" for op, row in result.compute.items())
+    echo(f"converted to fp16 ({counts} on fp16 tensors); LayerNorm, Softmax, Pow, ReduceMean/L2, Sqrt and the "
+         f"kNN refinement stay fp32 through Cast nodes; {fp32_path.stat().st_size / 2**20:.1f} -> "
+         f"{result.path.stat().st_size / 2**20:.1f} MiB")
+    inputs, data = parity_inputs(info.input, info.preprocessing, 8, seed=1)
+    reports.append(check_fp16(fp32_path, result.path, inputs, data=data,
+                              min_agreement=opts.fp16_agreement_threshold, echo=echo))
+    return result.path, result.info
+
+
 def _gate(fp32_path: Path, int8_path: Path, info: ModelInfo, opts: ExportOptions, dataset: Any,
           echo: Echo) -> ParityReport:
     """Either INT8 file against its fp32 source: label agreement, and the mIoU drop on ``dataset`` when given."""
@@ -290,7 +313,8 @@ def _engine(onnx_path: Path, info: ModelInfo, out: Path, opts: ExportOptions, re
     from .trt_build import BuildOptions, build_or_load
 
     precision = str(opts.precision)
-    min_agreement = opts.agreement_threshold if precision == "fp32" else opts.reduced_agreement_threshold
+    min_agreement = {"fp32": opts.agreement_threshold,
+                     "fp16": opts.fp16_agreement_threshold}.get(precision, opts.reduced_agreement_threshold)
     index = cuda_index(opts.device)
     cache = EngineCache(opts.engine_cache)
     plan, key, _ = build_or_load(onnx_path, info, BuildOptions(precision, opts.workspace_bytes), cache, index,

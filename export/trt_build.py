@@ -1,18 +1,23 @@
 """TensorRT engine build from an exported ONNX file (TensorRT >= 10 Python API), through the engine cache.
 
-Kept thin: parse, one optimization profile from the file's metadata, a workspace cap, fp16/INT8 flags with the
-fp32 pins of :mod:`.fp16`, a timing cache, progress output, ``build_serialized_network``. Builds take minutes
+Kept thin: parse, one optimization profile from the file's metadata, a workspace cap, the network's typing, a
+timing cache, progress output, ``build_serialized_network``. fp16 engines are built strongly typed
+(``NetworkDefinitionCreationFlag.STRONGLY_TYPED``) from the FP16 ONNX of :mod:`.fp16`, whose Cast nodes say what
+stays fp32; an fp32 .onnx is converted to it first. INT8 (Q/DQ) engines keep the weakly typed build: FP16 and INT8
+builder flags, with LayerNorm/Softmax/Pow/... pinned to fp32 by precision constraints. Builds take minutes
 on a Jetson, so progress is printed as TensorRT reports phases, with a heartbeat in between. "Could not find
 any implementation" usually means out of memory there (NVIDIA/TensorRT#3355, #4258), and the error says so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import tempfile
 import threading
 import time
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,14 +60,22 @@ class BuildOptions:
     precision: str = "fp16"  # fp32 | fp16 | int8 (int8 needs a Q/DQ model)
     workspace_bytes: int = DEFAULT_WORKSPACE
     optimization_level: int | None = None  # TensorRT's default (3) when None
-    pin_fp32: bool = True  # LayerNorm/Softmax/Pow/... in fp32 for fp16 and int8 builds
+    pin_fp32: bool = True  # int8 (weakly typed) builds: LayerNorm/Softmax/Pow/... pinned to fp32
+
+    @property
+    def strongly_typed(self) -> bool:
+        """fp16 engines take their types from the FP16 ONNX file (no FP16 flag, no precision constraints)."""
+        return self.precision == "fp16"
 
     def key_options(self) -> dict[str, Any]:
-        from .fp16 import FP32_LAYER_OPS, FP32_LAYER_TYPES, FP32_OP_TYPES
+        from .fp16 import FP32_LAYER_OPS, FP32_LAYER_TYPES, FP32_OP_TYPES, RECIPE_VERSION
 
         pins = [list(FP32_OP_TYPES), list(FP32_LAYER_TYPES), [list(p) for p in FP32_LAYER_OPS]]
+        # The network's typing is part of the key: an engine of the earlier pinned fp16 build is never reused.
         return {"workspace_bytes": self.workspace_bytes, "optimization_level": self.optimization_level,
-                "fp32_pins": pins if self.pin_fp32 and self.precision != "fp32" else None}
+                "network": "strongly_typed" if self.strongly_typed else "weakly_typed",
+                "fp16_recipe": RECIPE_VERSION if self.strongly_typed else None,
+                "fp32_pins": pins if self.pin_fp32 and self.precision == "int8" else None}
 
 
 def engine_key(onnx_path: str | Path, info: ModelInfo, options: BuildOptions, env: EngineEnvironment) -> EngineKey:
@@ -81,6 +94,9 @@ def check_precision(info: ModelInfo, precision: str) -> None:
                                "--calib-images DIR); TensorRT's implicit calibrators are deprecated")
     if info.precision == "int8" and precision != "int8":
         raise EngineBuildError(f"this ONNX file is INT8 (Q/DQ); build it with --precision int8, not {precision}")
+    if info.precision == "fp16" and precision != "fp16":
+        raise EngineBuildError(f"this ONNX file is fp16 (its types are fixed in the graph); build it with "
+                               f"--precision fp16, or build {precision} from the fp32 export")
 
 
 def _logger(echo: Echo) -> trt.ILogger:
@@ -164,20 +180,38 @@ def pin_fp32_layers(network: trt.INetworkDefinition, fp32_nodes: set[str]) -> in
     return pinned
 
 
-def build_engine(onnx_path: str | Path, info: ModelInfo, options: BuildOptions,
-                 timing_cache: Path | None = None, echo: Echo = log.info) -> bytes:
-    """Parse ``onnx_path`` and build a serialized engine (the plan bytes)."""
+def _int8_flags(network: trt.INetworkDefinition, config: trt.IBuilderConfig, options: BuildOptions,
+                onnx_path: str | Path, echo: Echo) -> None:
+    """Weakly typed INT8: TensorRT picks fp16 where allowed (the scales come from the Q/DQ nodes), with the
+    precision-sensitive layers pinned to fp32."""
     import onnx
+    import tensorrt as trt
 
     from .fp16 import fp32_node_names
 
+    config.set_flag(trt.BuilderFlag.FP16)
+    config.set_flag(trt.BuilderFlag.INT8)
+    if options.pin_fp32:
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+        nodes = fp32_node_names(onnx.load(str(onnx_path), load_external_data=False))
+        echo(f"keeping {pin_fp32_layers(network, nodes)} layer(s) in fp32 (LayerNorm, Softmax, Pow, ...)")
+
+
+def build_engine(onnx_path: str | Path, info: ModelInfo, options: BuildOptions,
+                 timing_cache: Path | None = None, echo: Echo = log.info) -> bytes:
+    """Parse ``onnx_path`` and build a serialized engine (the plan bytes)."""
     import_tensorrt()  # a clear error where TensorRT is missing
     import tensorrt as trt
 
     check_precision(info, options.precision)
+    if options.strongly_typed and info.precision != "fp16":
+        raise EngineBuildError(f"a strongly typed fp16 build needs the FP16 ONNX, not a {info.precision} one "
+                               "(build_or_load converts an fp32 file first)")
     logger = _logger(echo)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    # explicit batch is the only mode in TensorRT 10; strongly typed: every tensor keeps its ONNX type
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if options.strongly_typed else 0
+    network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
@@ -199,16 +233,11 @@ def build_engine(onnx_path: str | Path, info: ModelInfo, options: BuildOptions,
         profile.set_shape(name, trt.Dims(list(lo)), trt.Dims(list(opt)), trt.Dims(list(hi)))
     config.add_optimization_profile(profile)
 
-    if options.precision in ("fp16", "int8"):
-        if not builder.platform_has_fast_fp16:
-            echo("warning: this GPU has no fast fp16; the engine may be slower than fp32")
-        config.set_flag(trt.BuilderFlag.FP16)
+    if options.precision in ("fp16", "int8") and not builder.platform_has_fast_fp16:
+        echo("warning: this GPU has no fast fp16; the engine may be slower than fp32")
     if options.precision == "int8":
-        config.set_flag(trt.BuilderFlag.INT8)  # explicit quantization: the scales come from the Q/DQ nodes
-    if options.pin_fp32 and options.precision != "fp32":
-        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-        nodes = fp32_node_names(onnx.load(str(onnx_path), load_external_data=False))
-        echo(f"keeping {pin_fp32_layers(network, nodes)} layer(s) in fp32 (LayerNorm, Softmax, Pow, ...)")
+        _int8_flags(network, config, options, onnx_path, echo)
+    # strongly typed (fp16): no precision flag may be set; fp32: none is
 
     if timing_cache is not None:
         data = timing_cache.read_bytes() if timing_cache.is_file() else b""
@@ -217,7 +246,9 @@ def build_engine(onnx_path: str | Path, info: ModelInfo, options: BuildOptions,
     config.progress_monitor = _progress(echo)
 
     vocabulary = f" ({info.vocabulary.describe()})" if info.vocabulary is not None else ""
-    echo(f"building a {options.precision} TensorRT {trt.__version__} engine for {info.input.describe()}{vocabulary}, "
+    typing_note = ", strongly typed" if options.strongly_typed else ""
+    echo(f"building a {options.precision}{typing_note} TensorRT {trt.__version__} engine for "
+         f"{info.input.describe()}{vocabulary}, "
          f"workspace {options.workspace_bytes / 2**20:.0f} MiB; this takes minutes on a Jetson ...")
     start = time.monotonic()
     done = threading.Event()
@@ -260,9 +291,31 @@ def build_or_load(onnx_path: str | Path, info: ModelInfo, options: BuildOptions,
             return hit[0], key, cache.path_for(key)
     tc = cache.timing_cache_path(env.tensorrt_version, env.compute_capability, env.gpu_name)
     tc.parent.mkdir(parents=True, exist_ok=True)
-    plan = build_engine(onnx_path, info, options, tc, echo)
+    with _typed_source(onnx_path, info, options, tc.parent, echo) as (source, source_info):
+        plan = build_engine(source, source_info, options, tc, echo)
     path = cache.store(key, plan, _engine_metadata(info, options))
     return plan, key, path
+
+
+@contextlib.contextmanager
+def _typed_source(onnx_path: str | Path, info: ModelInfo, options: BuildOptions, scratch: Path,
+                  echo: Echo) -> Iterator[tuple[Path, ModelInfo]]:
+    """The file to build from: an fp32 .onnx for an fp16 engine is converted to the FP16 ONNX first (in a
+    temporary folder under ``scratch``, removed after the build)."""
+    if not (options.strongly_typed and info.precision == "fp32"):
+        yield Path(onnx_path), info
+        return
+    from .fp16 import Fp16MissingError, convert_fp16
+
+    with tempfile.TemporaryDirectory(prefix=".fp16-", dir=scratch) as tmp:
+        echo(f"converting {Path(onnx_path).name} to FP16 ONNX for the strongly typed build (export --precision "
+             "fp16 makes a file checked against fp32 on ONNX Runtime) ...")
+        try:
+            result = convert_fp16(onnx_path, Path(tmp) / "model.fp16.onnx")
+        except Fp16MissingError as e:
+            raise EngineBuildError(f"{e}; or export the FP16 .onnx where it is installed (export --precision fp16) "
+                                   "and build the engine from that file") from None
+        yield result.path, result.info
 
 
 def _engine_metadata(info: ModelInfo, options: BuildOptions) -> dict[str, str]:

@@ -38,7 +38,6 @@ def test_cli_export_writes_a_checked_file(fixed_export):
     (["--input-size", "64x96", "--dynamic"], "not both"),
     (["--min-size", "64x64"], "go with --dynamic"),
     (["--input-size", "64 by 96"], "HEIGHTxWIDTH"),
-    (["--precision", "fp16"], "TensorRT build setting"),
     (["--precision", "int8"], "--calib-images"),
     (["--eval-dataset", "folder"], "--eval-root"),
     (["--opset", "13"], "13"),

@@ -137,6 +137,21 @@ def test_new_names_on_onnxruntime_match_the_torch_backend(open_export, open_mode
     np.testing.assert_allclose(a.probs, b.probs, atol=1e-4)
 
 
+def test_fp16_of_an_open_vocabulary_file_is_gated_on_its_own_names_and_takes_new_ones(open_export, tmp_path):
+    """The FP16 conversion keeps the vocabulary inputs; its gate feeds the file's own names (without them the
+    gate cannot run the graph), and the FP16 file segments new names like the fp32 one."""
+    out = tmp_path / "open.fp16.onnx"
+    res = CliRunner().invoke(cli, ["export", "--model", str(open_export[0]), "--precision", "fp16", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "labels: 100.000%" in res.output or "labels: 99." in res.output
+    fp16, fp32 = (Segmenter.from_pretrained(p, backend="onnxruntime", **SIZES) for p in (out, open_export[0]))
+    for seg in (fp16, fp32):
+        seg.set_categories(NEW)
+    images = _images()
+    for a, b in zip(fp16(images, return_probs=True), fp32(images, return_probs=True)):
+        assert a.class_names == NEW and _agreement(a.probs, b.probs, b.probs) >= 0.99
+
+
 @pytest.mark.parametrize("names, message", [
     (["floor", "wall", "person", "sky", "road", "tree", "sand"], "7 category names, but .* takes at most 6"),
     (["tree", "cable pallet snow"], r"'cable pallet snow' \(6 tokens\) is longer than the 5 tokens per name"),

@@ -18,7 +18,8 @@ FORMATS = ("onnx", "tensorrt")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="onnx", show_default=True,
               help="onnx: a self-describing .onnx file; tensorrt: an engine for this machine's GPU (+ .json).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
-              help="onnx: fp32, int8 (Q/DQ, calibrated: the format TensorRT runs) or int8-dynamic (ONNX Runtime's "
+              help="onnx: fp32, fp16 (weights fp16, LayerNorm/Softmax/refinement fp32: TensorRT builds it strongly "
+                   "typed), int8 (Q/DQ, calibrated: the format TensorRT runs) or int8-dynamic (ONNX Runtime's "
                    "CPU INT8: int8 weights, no calibration); tensorrt: fp32, fp16 or int8. [default: fp32 for "
                    "onnx, fp16 for tensorrt]")
 @click.option("--calib-images", type=click.Path(exists=True, file_okay=False),
@@ -57,7 +58,10 @@ FORMATS = ("onnx", "tensorrt")
 @click.option("--agreement-threshold", type=click.FloatRange(0, 1), default=0.999, show_default=True,
               help="fp32: minimum label agreement with PyTorch (grid cells); below it the export fails.")
 @click.option("--reduced-agreement-threshold", type=click.FloatRange(0, 1), default=0.95, show_default=True,
-              help="INT8 / fp16: minimum label agreement with the fp32 model.")
+              help="INT8: minimum label agreement with the fp32 model.")
+@click.option("--fp16-agreement-threshold", type=click.FloatRange(0, 1), default=0.99, show_default=True,
+              help="fp16: minimum label agreement of the FP16 ONNX with the fp32 one (and of an fp16 engine "
+                   "with its FP16 ONNX).")
 @click.option("--max-miou-drop", type=click.FloatRange(0, 1), default=0.01, show_default=True,
               help="INT8 with --eval-dataset: largest allowed mIoU loss (0.01 = 1 point).")
 @click.option("--eval-dataset", type=click.Choice(list(DATASETS)),
@@ -78,7 +82,7 @@ def export(model: str, fmt: str, precision: str | None, calib_images: str | None
            min_size: tuple[int, int] | None, opt_size: tuple[int, int] | None, max_size: tuple[int, int] | None,
            max_batch: int, no_refine: bool, open_vocabulary: bool, max_names: int | None,
            max_name_tokens: int | None, max_prompt_tokens: int | None, labels: bool, opset: int,
-           agreement_threshold: float, reduced_agreement_threshold: float,
+           agreement_threshold: float, reduced_agreement_threshold: float, fp16_agreement_threshold: float,
            max_miou_drop: float, eval_dataset: str | None, eval_root: str | None, eval_limit: int | None,
            workspace: int, engine_cache: str | None, device: str | None, overwrite: bool, out: str) -> None:
     """Export MODEL to a checked, self-describing file for the edge device.
@@ -87,17 +91,19 @@ def export(model: str, fmt: str, precision: str | None, calib_images: str | None
       ifseg-deploy export --model my_model --out my_model.onnx
       ifseg-deploy export --model my_model --dynamic --max-batch 4 --out my_model.dyn.onnx
       ifseg-deploy export --model my_model.onnx --precision int8 --calib-images photos/ --out my_model.int8.onnx
+      ifseg-deploy export --model my_model.onnx --precision fp16 --out my_model.fp16.onnx
       ifseg-deploy export --model my_model.onnx --format tensorrt --precision fp16 --out my_model.engine
       ifseg-deploy export --model open_model --open-vocabulary --max-names 16 --out open_model.onnx
 
     Every export is checked before it is written: ONNX Runtime against PyTorch (fp32: at least 99.9% of the
-    labels agree, or the export fails and nothing is written), INT8 against fp32 (label agreement, and the
-    mIoU difference on --eval-dataset), a TensorRT engine against its ONNX file. The .onnx file holds the
-    category names, preprocessing and refinement settings, so it is all a device needs.
+    labels agree, or the export fails and nothing is written), fp16 and INT8 against fp32 (label agreement,
+    and for INT8 the mIoU difference on --eval-dataset), a TensorRT engine against its ONNX file. The .onnx file
+    holds the category names, preprocessing and refinement settings, so it is all a device needs.
     """
     from ifseg_deploy.checkpoints.errors import CheckpointError
     from ifseg_deploy.evaluation.datasets import DatasetError
     from ifseg_deploy.evaluation.evaluate import ClassMismatchError
+    from ifseg_deploy.export.fp16 import Fp16Error, Fp16MissingError
     from ifseg_deploy.export.inputs import CalibrationError
     from ifseg_deploy.export.int8 import QuantizationError
     from ifseg_deploy.export.onnx_export import ExportError
@@ -130,6 +136,7 @@ def export(model: str, fmt: str, precision: str | None, calib_images: str | None
             model, out, format=fmt, precision=precision, input_spec=spec, refine=not no_refine, labels=labels,
             opset=opset, calib_images=calib_images, calib_method=calib_method, calib_max=calib_max, calib_min=calib_min,
             agreement_threshold=agreement_threshold, reduced_agreement_threshold=reduced_agreement_threshold,
+            fp16_agreement_threshold=fp16_agreement_threshold,
             max_miou_drop=max_miou_drop, eval_dataset=eval_dataset, eval_root=eval_root, eval_limit=eval_limit,
             workspace_bytes=workspace * 2**20, engine_cache=engine_cache, device=device, overwrite=overwrite,
             open_vocabulary=open_vocabulary, max_names=max_names, max_name_tokens=max_name_tokens,
@@ -139,8 +146,8 @@ def export(model: str, fmt: str, precision: str | None, calib_images: str | None
     except (ExportUsageError, SpecError) as e:
         raise click.UsageError(str(e)) from None
     except (ExportError, QuantizationError, MetadataError, CheckpointError, EngineBuildError, EngineFileError,
-            TensorRTUnavailableError, CalibrationError, DatasetError, ClassMismatchError, FileExistsError,
-            FileNotFoundError) as e:
+            TensorRTUnavailableError, CalibrationError, Fp16Error, Fp16MissingError, DatasetError,
+            ClassMismatchError, FileExistsError, FileNotFoundError) as e:
         raise click.ClickException(f"{e}\nnothing was written to {out}") from None
     vocabulary = summary.info.vocabulary
     click.echo(f"done: {summary.path} ({summary.format}, {summary.precision}, {summary.info.input.describe()}"
