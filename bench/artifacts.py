@@ -72,7 +72,7 @@ class Exporter:
                          overwrite=True, echo=say)
         elif precision == DYNAMIC_INT8:
             fp32 = self.onnx("fp32", size, max_batch)
-            self.echo(f"exporting {path.name} (onnxruntime dynamic INT8 of the MatMul/Gemm weights; CPU diagnostic)")
+            self.echo(f"exporting {path.name} (the CPU INT8 format: onnxruntime dynamic INT8)")
             dynamic_int8(fp32, path)
         elif precision == "int8":
             fp32 = self.onnx("fp32", size, max_batch)

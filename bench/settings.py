@@ -2,10 +2,11 @@
 Nothing heavy is imported here: the command line reads its choices from this module.
 
 The backend names are the runtime registry's and the precisions those of an export, plus the benchmark's own
-``int8-dynamic``: a CPU diagnostic, not a deployment format. It is ONNX Runtime's own dynamic quantization of the
-MatMul/Gemm weights (activations quantized at run time), which its CPU provider runs with integer kernels. The
-toolkit's INT8 (Q/DQ from TensorRT Model Optimizer) is laid out for TensorRT; ORT's CPU provider runs its
-quantized ops in float plus the Q/DQ nodes. The two side by side show what INT8 can give on a CPU.
+``int8-dynamic``: the CPU INT8 format (``export --precision int8-dynamic``). It is ONNX Runtime's own dynamic
+quantization of the MatMul/Gemm weights (activations quantized at run time), which its CPU provider runs with
+integer kernels, with the convolution weights stored as int8 too (computed in float). The toolkit's Q/DQ INT8
+(TensorRT Model Optimizer) is laid out for TensorRT; ORT's CPU provider runs its quantized ops in float plus the
+Q/DQ nodes. The two side by side show what INT8 can give on a CPU.
 """
 
 from __future__ import annotations
