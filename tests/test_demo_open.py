@@ -23,7 +23,7 @@ from ifseg_deploy.runtime.segmenter import Segmenter
 
 pytest.importorskip("onnxruntime", reason="the demo exports ONNX: needs the [onnx] extra")
 
-SETTINGS = OpenDemoSettings(scene_size=128, steps=30, eval_scenes=4, showcase=1, world_steps=60)
+SETTINGS = OpenDemoSettings(scene_size=128, steps=120, eval_scenes=4, showcase=1, world_steps=60)
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +95,25 @@ def test_the_open_vocabulary_demo_refuses_a_non_empty_folder(tmp_path):
     assert result.exit_code == 1 and "--overwrite" in result.output and "Traceback" not in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
     assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_scenes_of_the_whole_world_scored_on_a_vocabulary_ignore_the_other_concepts():
+    """The COCO-15 protocol of the demo's mIoU: a concept outside the vocabulary is ignored, one in it is its
+    index in the vocabulary."""
+    from ifseg_deploy.synthetic.dataset import SyntheticDataset
+    from ifseg_deploy.synthetic.world import ALL_CATEGORIES, SyntheticScenes
+
+    names = ["lava", "sky", "tile"]
+    data = SyntheticDataset(6, 64, categories=names, world=ALL_CATEGORIES)
+    assert data.classes == names
+    seen = set()
+    for i, (_, concepts) in enumerate(SyntheticScenes(6, (64, 64), categories=ALL_CATEGORIES)):
+        _, mask = data.load(i)
+        for c in np.unique(concepts):
+            name = ALL_CATEGORIES[c]
+            want = names.index(name) if name in names else 255
+            assert set(np.unique(mask[concepts == c])) == {want}
+            seen.add(want)
+    assert 255 in seen and len(seen) >= 3  # both kinds of pixels occurred
+    with pytest.raises(ValueError, match="distinct concepts of the world"):
+        SyntheticDataset(2, 64, categories=["lava", "banana"], world=ALL_CATEGORIES)
