@@ -140,11 +140,11 @@ def _per_vocabulary(out: Path, checkpoint: Path, model_dir: Path, onnx: Path, s:
     from .runtime.segmenter import Segmenter
 
     first = list(s.vocabularies[0])
-    adapted = {TORCH: Segmenter.from_pretrained(model_dir, categories=first),
-               ONNX: Segmenter.from_pretrained(onnx, backend="onnxruntime", categories=first)}
-    showcase = _showcase(out, s)
+    adapted = {TORCH: Segmenter.from_pretrained(model_dir, categories=first)}
     rows: list[dict] = []
     try:
+        adapted[ONNX] = Segmenter.from_pretrained(onnx, backend="onnxruntime", categories=first)
+        showcase = _showcase(out, s)
         for i, vocabulary in enumerate(s.vocabularies):
             names = list(vocabulary)
             switch_ms = {}
