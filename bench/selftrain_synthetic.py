@@ -60,9 +60,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--size", type=int, default=256, help="scene size (the demo's model labels at 256)")
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--crop", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3, help="the demo's adaptation rate (a tiny model)")
+    p.add_argument("--crop", type=int, default=256, help="training crop (the scenes' and the evaluation's size)")
+    p.add_argument("--lr", type=float, default=1e-4, help="a tenth of the demo's adaptation rate")
     p.add_argument("--min-confidence", type=float, default=0.5)
+    p.add_argument("--balance", action=argparse.BooleanOptionalAction, default=True,
+                   help="per-class thresholds (selftrain --balance)")
     p.add_argument("--rounds", type=int, default=1)
     a = p.parse_args(argv)
     ns = [int(n) for n in a.unlabeled.split(",")]
@@ -70,7 +72,8 @@ def main(argv: list[str] | None = None) -> dict:
     labelled = write_scenes(a.out / "labelled", a.labelled, a.size, start=max(ns), masks=True, classes=categories)
     train = AdaptConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, target_size=a.crop, log_every=10,
                         checkpoint_every=max(a.steps, 1))
-    cfg = SelfTrainConfig(train=train, rounds=a.rounds, min_confidence=a.min_confidence, min_images=1)
+    cfg = SelfTrainConfig(train=train, rounds=a.rounds, min_confidence=a.min_confidence, balance=a.balance,
+                          min_images=1)
     t0 = time.perf_counter()
     rows = [{"model": "adapted (demo)", "mIoU": miou(a.model, a.eval_scenes, a.size)}]
     for n, masks in [(n, None) for n in ns] + [(max(ns), labelled)]:
