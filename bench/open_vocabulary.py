@@ -72,7 +72,9 @@ def miou(model, names: list[str], scenes) -> float:  # noqa: ANN001 - a SegOFA a
 
 
 def run(out: Path, open_steps: int, steps: int, scenes: int, scene: int, world_steps: int | None,
-        seed: int = 0) -> dict:
+        seed: int = 0, checkpoint: Path | None = None) -> dict:
+    """The table's figures; ``checkpoint``: a 16-concept world model already built (else built, or loaded from
+    ``out/world-cache``)."""
     from ifseg_deploy.adapt import adapt
     from ifseg_deploy.model_dir import AdaptedModel
     from ifseg_deploy.synthetic import ALL_CATEGORIES, SyntheticScenes, WorldRecipe, build_or_load_world_model
@@ -80,7 +82,7 @@ def run(out: Path, open_steps: int, steps: int, scenes: int, scene: int, world_s
     t0 = time.perf_counter()
     recipe = WorldRecipe.open_vocabulary(seed, **({} if world_steps is None else dict(
         steps=world_steps, pool_scenes=64, pool_size=160)))
-    ckpt = build_or_load_world_model(out / "world-cache", recipe=recipe, progress=False)
+    ckpt = checkpoint or build_or_load_world_model(out / "world-cache", recipe=recipe, progress=False)
     seen, unseen = list(ALL_CATEGORIES[:SEEN_COUNT]), list(ALL_CATEGORIES[SEEN_COUNT:])
     pre = {"short_side": scene}
     open_dir = out / "open"
@@ -98,7 +100,8 @@ def run(out: Path, open_steps: int, steps: int, scenes: int, scene: int, world_s
             "unadapted": miou(AdaptedModel.unadapted_from_ofa(ckpt, names).model, names, test_scenes),
         })
     return {"seen": seen, "unseen": unseen, "open_steps": open_steps, "per_vocabulary_steps": steps,
-            "scenes": scenes, "scene_size": scene, "world_recipe": recipe.to_dict(), "rows": rows,
+            "scenes": scenes, "scene_size": scene, "world_recipe": None if checkpoint else recipe.to_dict(),
+            "rows": rows,
             "seconds": time.perf_counter() - t0}
 
 

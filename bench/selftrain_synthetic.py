@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -60,20 +61,26 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--size", type=int, default=256, help="scene size (the demo's model labels at 256)")
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--crop", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3, help="the demo's adaptation rate (a tiny model)")
+    p.add_argument("--crop", type=int, default=256, help="training crop (the scenes' and the evaluation's size)")
+    p.add_argument("--lr", type=float, default=1e-4, help="a tenth of the demo's adaptation rate")
     p.add_argument("--min-confidence", type=float, default=0.5)
+    p.add_argument("--balance", action=argparse.BooleanOptionalAction, default=True,
+                   help="per-class thresholds (selftrain --balance)")
     p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--oracle", action="store_true",
+                   help="add a diagnostic row: the smallest N's scenes with their true masks instead of pseudo-labels "
+                        "(what perfect labels of the same images give)")
     a = p.parse_args(argv)
     ns = [int(n) for n in a.unlabeled.split(",")]
     categories = AdaptedModel.from_pretrained(a.model).categories
     labelled = write_scenes(a.out / "labelled", a.labelled, a.size, start=max(ns), masks=True, classes=categories)
     train = AdaptConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, target_size=a.crop, log_every=10,
                         checkpoint_every=max(a.steps, 1))
-    cfg = SelfTrainConfig(train=train, rounds=a.rounds, min_confidence=a.min_confidence, min_images=1)
+    cfg = SelfTrainConfig(train=train, rounds=a.rounds, min_confidence=a.min_confidence, balance=a.balance,
+                          min_images=1)
     t0 = time.perf_counter()
     rows = [{"model": "adapted (demo)", "mIoU": miou(a.model, a.eval_scenes, a.size)}]
-    for n, masks in [(n, None) for n in ns] + [(max(ns), labelled)]:
+    for n, masks in [(n, None) for n in ns] + ([(max(ns), labelled)] if a.labelled else []):
         name = f"self-trained, N={n}" + (f" + {a.labelled} labelled" if masks else "")
         images = write_scenes(a.out / f"unlabeled{n}", n, a.size, start=0)
         t = time.perf_counter()
@@ -82,6 +89,15 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append({"model": name, "mIoU": miou(out, a.eval_scenes, a.size),
                      "coverage": result.rounds[-1]["coverage"], "seconds": time.perf_counter() - t})
         (a.out / "results.partial.json").write_text(json.dumps(rows, indent=2) + "\n")  # each row as it comes
+    if a.oracle:
+        n = min(ns)
+        truth = write_scenes(a.out / f"oracle{n}", n, a.size, start=0, masks=True, classes=categories)
+        oracle_cfg = dataclasses.replace(cfg, min_confidence=1.0)  # no pseudo-label survives: the masks alone
+        out = a.out / f"model_oracle{n}"
+        t = time.perf_counter()
+        selftrain(a.model, truth / "images", out, oracle_cfg, masks=truth, overwrite=True, progress=False)
+        rows.append({"model": f"diagnostic: the N={n} scenes with their true masks", "mIoU": miou(out, a.eval_scenes,
+                     a.size), "coverage": 1.0, "seconds": time.perf_counter() - t})
     report = {"settings": vars(a) | {"model": str(a.model), "out": str(a.out)}, "rows": rows,
               "total_s": time.perf_counter() - t0}
     (a.out / "results.json").write_text(json.dumps(report, indent=2, default=str) + "\n")

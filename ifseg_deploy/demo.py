@@ -46,6 +46,15 @@ def _world_recipe(settings: DemoSettings):
     return WorldRecipe(steps=settings.world_steps, pool_scenes=64, pool_size=160)
 
 
+def prepare_out(out: str | Path, overwrite: bool) -> Path:
+    """The demo's folder, created; refused when it holds something and ``overwrite`` is not set."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} already exists and is not empty (pass --overwrite to replace the demo)")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def run_demo(out: str | Path, settings: DemoSettings | None = None, *, cache_dir: str | Path | None = None,
              overwrite: bool = False, progress: bool = True, echo: Echo = print) -> dict:
     """Run the demo into ``out`` and return the report (also written as ``report.json`` and ``report.md``)."""
@@ -55,10 +64,7 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, *, cache_dir
     from .synthetic.world import SyntheticScenes
 
     s = settings or DemoSettings()
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} already exists and is not empty (pass --overwrite to replace the demo)")
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_out(out, overwrite)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
 

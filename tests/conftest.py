@@ -157,10 +157,18 @@ def demo_report(fast_world, tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
-def open_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Path of the 16-concept world model's ``ofa_world.pt`` (BPE files beside it), in a session cache."""
+def open_world_cache(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(``ofa_world.pt`` of the reduced 16-concept world model (BPE files beside it), the cache folder it lives
+    in: `demo --open-vocabulary --quick` finds it there)."""
     from ifseg_deploy.synthetic.cache import build_or_load_world_model
     from ifseg_deploy.synthetic.tiny_vlm import WorldRecipe
 
+    cache = tmp_path_factory.mktemp("open-world-cache")
     recipe = WorldRecipe.open_vocabulary(**OPEN_WORLD_TEST_STEPS)
-    return build_or_load_world_model(tmp_path_factory.mktemp("open-world-cache"), recipe=recipe, progress=False)
+    return build_or_load_world_model(cache, recipe=recipe, progress=False), cache
+
+
+@pytest.fixture(scope="session")
+def open_world(open_world_cache: tuple[Path, Path]) -> Path:
+    """Path of the 16-concept world model's ``ofa_world.pt`` (BPE files beside it), in a session cache."""
+    return open_world_cache[0]

@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("runtime", {"runtime"}),
     ("evaluation", {"evaluation"}),  # below export: the INT8 export gate measures mIoU with it
     ("export", {"export"}),
-    ("application", {"bench", "synthetic", "demo", "envinfo", "selftraining"}),
+    ("application", {"bench", "synthetic", "demo", "demo_open", "envinfo", "selftraining"}),
     ("commands", {"commands"}),
     ("cli", {"cli", "__main__"}),
 ]

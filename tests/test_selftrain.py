@@ -134,6 +134,7 @@ def test_cli_selftrains_in_rounds_skipping_unreadable_files(adapted, images, tmp
     meta = json.loads((out / "config.json").read_text())["metadata"]["selftraining"]
     assert [s["round"] for s in meta["rounds"]] == [1, 2] and meta["steps"] == 4
     assert meta["rounds"][0]["coverage"] == 1.0 and meta["skipped"] == ["broken.png"]
+    assert meta["config"]["balance"] is True  # on by default: without it, easy classes crowd out the rest
     before, after = _state(adapted), _state(out)
     trained = {n for n, p in AdaptedModel.from_pretrained(adapted).model.named_parameters() if p.requires_grad}
     assert any(not torch.equal(before[k], after[k]) for k in trained)

@@ -48,6 +48,21 @@ def stream_name(spec: str | int) -> str:
 
 
 @contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the block is done (their handlers raise KeyboardInterrupt, which would
+    otherwise land between a frame's video write and its log line; seen under load)."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextlib.contextmanager
 def stop_on_sigterm() -> Iterator[None]:
     """SIGTERM raises KeyboardInterrupt in the main thread while the block runs, so it stops as Ctrl-C does."""
     if threading.current_thread() is not threading.main_thread():
@@ -88,16 +103,18 @@ class Outputs:
         span = self._times[-1] - self._times[0]
         fps = (len(self._times) - 1) / span if span > 0 else None
         caption = f"{fps:.1f} fps" if fps else "-- fps"
-        self.video.write(video_frame(result.image, result.labels, self.names, self.colours, self.alpha, caption))
-        if self.save_labels:
-            png = png_bytes(label_image(result.labels, len(self.names)))
-            atomic_write_bytes(self.out / "labels" / f"{self.name}_{result.index:06d}.png", png)
+        frame = video_frame(result.image, result.labels, self.names, self.colours, self.alpha, caption)
+        png = png_bytes(label_image(result.labels, len(self.names))) if self.save_labels else None
         record = {"index": result.index, "timestamp": result.timestamp,
                   **{f"{k}_ms": round(v * 1000, 3) for k, v in result.timings.items()},
                   "latency_ms": round(result.latency * 1000, 3), "batch": result.batch_size,
                   "areas": {k: round(v, 6) for k, v in result.areas().items()}}
-        self.log.write(json.dumps(record) + "\n")
-        self.log.flush()
+        with signals_held():  # a frame is in the video, its PNG and its log line, or in none of them
+            self.video.write(frame)
+            if png is not None:
+                atomic_write_bytes(self.out / "labels" / f"{self.name}_{result.index:06d}.png", png)
+            self.log.write(json.dumps(record) + "\n")
+            self.log.flush()
 
     def close(self) -> Path | None:
         self.log.close()

@@ -23,9 +23,9 @@ from .options import device_option
               help="Label, train; each further round relabels with the improved model.")
 @click.option("--min-confidence", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Pixels whose refined class probability is lower are ignored.")
-@click.option("--balance", is_flag=True,
+@click.option("--balance/--no-balance", default=True, show_default=True,
               help="Per-class thresholds: each class keeps at least the fraction of its pixels that "
-                   "--min-confidence keeps overall.")
+                   "--min-confidence keeps overall (without it the confident classes crowd out the others).")
 @click.option("--min-images", type=click.IntRange(min=1), default=8, show_default=True,
               help="Refuse to run with fewer readable unlabeled images.")
 @click.option("--backend", type=click.Choice(BACKEND_NAMES), default="torch", show_default=True,

@@ -64,7 +64,7 @@ class SelfTrainConfig:
     train: AdaptConfig = field(default_factory=lambda: AdaptConfig(steps=1000))
     rounds: int = 1
     min_confidence: float = 0.5
-    balance: bool = False
+    balance: bool = True  # without it, confident classes crowd out the others (measured: README)
     scale_range: tuple[float, float] = (0.5, 2.0)
     min_images: int = 8
     every: int = 1  # video input: every N-th frame
