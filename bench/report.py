@@ -56,6 +56,7 @@ def build_report(s: InferenceSettings, rows: list[Row], loaded: dict[tuple, Load
         "machine": machine_info(),
         "settings": {
             "device": device, "threads": threads, "ort_intra_op_threads": threads, "ort_spinning": False,
+            "ort_memory_arena": not s.ort_low_memory,
             "warmup": s.warmup,
             "iters": s.iters, "sizes": [list(x) for x in sizes], "batches": s.batches, "backends": s.backends,
             "precisions": s.precisions, "refinement": list(s.refinement),

@@ -66,7 +66,7 @@ def run_inference(s: InferenceSettings, echo: Echo = print) -> dict[str, Any]:
     rows = plan_rows(sizes, s.batches, s.backends, s.precisions, device, sources.model_dir, s.compile)
     attach_sources(rows, sources, exporter, max(s.batches), echo)
     torch_load = None if rss0 is None or rss1 is None else rss1 - rss0
-    loaded = load_all(rows, adapted, device, threads, s.refinement, Path(s.out), torch_load, echo)
+    loaded = load_all(rows, adapted, device, threads, s.refinement, Path(s.out), torch_load, echo, s.ort_low_memory)
     try:
         return _measure(s, rows, loaded, sources, exporter, dataset, device, threads, sizes, echo)
     finally:

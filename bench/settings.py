@@ -57,6 +57,7 @@ class InferenceSettings:
     profile: bool = False
     compile: bool = False  # also a torch.compile'd twin of every torch row
     peak: bool = False  # measure the GEMM peak of each data type: every row's share of it
+    ort_low_memory: bool = False  # ONNX Runtime rows without the memory arena (OrtSessionSettings.low_memory)
     command: str | None = None
 
     @property

@@ -188,7 +188,7 @@ def _source(row: Row, sources: Sources, exporter: Exporter, max_batch: int) -> P
 
 # -- loading --------------------------------------------------------------------------------------------------------
 def load_all(rows: list[Row], adapted: Any, device: str, threads: int, refinement: tuple[int, int], out: Path,
-             torch_load_mb: float | None, echo: Echo) -> dict[tuple, Loaded]:
+             torch_load_mb: float | None, echo: Echo, ort_low_memory: bool = False) -> dict[tuple, Loaded]:
     """Load every row's backend once; rows whose backend failed to load fail. ``torch_load_mb``: what loading the
     adapted model cost (on a CPU the torch rows share it)."""
     loaded: dict[tuple, Loaded] = {}
@@ -196,7 +196,8 @@ def load_all(rows: list[Row], adapted: Any, device: str, threads: int, refinemen
         if not row.ok or row.key in loaded:
             continue
         try:
-            loaded[row.key] = load_variant(row, adapted, device, threads, refinement, out)  # type: ignore[index]
+            loaded[row.key] = load_variant(row, adapted, device, threads, refinement, out,  # type: ignore[index]
+                                           ort_low_memory)
         except Exception as e:  # noqa: BLE001
             row.fail(f"loading: {type(e).__name__}: {e}")
             echo(f"{row.name}: {row.reason}")
@@ -216,19 +217,20 @@ def load_all(rows: list[Row], adapted: Any, device: str, threads: int, refinemen
 
 
 def load_variant(row: Row, adapted: Any, device: str, threads: int, refinement: tuple[int, int],
-                 out: Path) -> Loaded:
+                 out: Path, ort_low_memory: bool = False) -> Loaded:
     """Load the row's backend, with the time and the host memory (growth and peak) that took."""
     gc.collect()
     before = rss_mb()
     reset_ok = reset_peak_rss()
     t0 = time.perf_counter()
-    backend = _open(row, adapted, device, threads, refinement, out)
+    backend = _open(row, adapted, device, threads, refinement, out, ort_low_memory)
     after, peak = rss_mb(), peak_rss_mb()
     return Loaded(backend, time.perf_counter() - t0, None if before is None or after is None else after - before,
                   str(row.source), None if not reset_ok or before is None or peak is None else peak - before)
 
 
-def _open(row: Row, adapted: Any, device: str, threads: int, refinement: tuple[int, int], out: Path) -> Backend:
+def _open(row: Row, adapted: Any, device: str, threads: int, refinement: tuple[int, int], out: Path,
+          ort_low_memory: bool = False) -> Backend:
     if row.backend == "torch":
         return TorchBackend(adapted, device, refinement, precision=row.precision, compile=row.compiled,
                             channels_last=True)
@@ -238,7 +240,8 @@ def _open(row: Row, adapted: Any, device: str, threads: int, refinement: tuple[i
 
         # Its pool's threads would otherwise spin for a while after every run and take the cores from the next
         # variant (PyTorch's threads) in the interleaved rounds; with that off, each engine has the cores alone.
-        settings = OrtSessionSettings(threads=threads, spinning=False)
+        settings = (OrtSessionSettings.low_memory(threads, spinning=False) if ort_low_memory
+                    else OrtSessionSettings(threads=threads, spinning=False))
         fp16 = row.precision == "fp16"  # the TensorRT provider's fp16 mode
         return load_backend("onnxruntime", source, device="tensorrt" if fp16 else device, refinement=refinement,
                             fp16=fp16, settings=settings)

@@ -73,3 +73,21 @@ def test_the_backend_trims_after_loading_and_after_its_first_run(fixed_export, m
     no_trim = OrtSessionSettings(trim_after_load=False)
     OrtBackend.from_file(fixed_export[0], device="cpu", settings=no_trim).probs(pixels)
     assert len(calls) == 2
+
+
+def test_low_memory_reaches_the_session_from_the_command_line(fixed_export):
+    """`segment/eval --low-memory`: the ONNX Runtime session runs without the arena and the memory pattern; the
+    option is refused for the other backends (it would silently do nothing there)."""
+    import click
+
+    from ifseg_deploy.commands.options import load_segmenter
+
+    path, _ = fixed_export
+    with load_segmenter(str(path), "onnxruntime", "cpu", False, None, None, None, None, low_memory=True) as seg:
+        opts = seg.backend.session.get_session_options()
+        assert opts.enable_cpu_mem_arena is False and opts.enable_mem_pattern is False
+        assert seg.backend.describe()["session"]["memory_arena"] is False
+    with load_segmenter(str(path), "onnxruntime", "cpu", False, None, None, None, None) as seg:
+        assert seg.backend.session.get_session_options().enable_cpu_mem_arena is True
+    with pytest.raises(click.UsageError, match="goes with --backend onnxruntime"):
+        load_segmenter(str(path), "torch", "cpu", False, None, None, None, None, low_memory=True)

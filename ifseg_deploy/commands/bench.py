@@ -107,6 +107,9 @@ def _ints(ctx: click.Context, param: click.Parameter, value: str | None) -> list
 @click.option("--peak", is_flag=True,
               help="Measure this machine's GEMM peak (fp32, bf16, int8; fp16 on a GPU) on the same threads and "
                    "device first: every row then shows its share of the peak of its data type.")
+@click.option("--ort-low-memory", is_flag=True,
+              help="ONNX Runtime rows without the memory arena (as segment --low-memory): less resident memory, "
+                   "some time.")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Folder for bench.json / bench.md / bench.png (adapt.*, kernel.* in the other modes), and for "
                    "the model files the benchmark makes.")
@@ -115,7 +118,7 @@ def bench(mode: str, models: tuple[str, ...], preset: str | None, bpe_dir: str |
           sizes: list[tuple[int, int]] | None, batches: list[int], warmup: int, iters: int, calib_images: str | None,
           calib_max: int, threads: int | None, device: str, dataset_name: str | None, root: str | None, limit: int,
           no_refine: bool, classes: int, no_plot: bool, profile: bool, compile_model: bool, peak: bool,
-          out: str) -> None:
+          ort_low_memory: bool, out: str) -> None:
     """Measure what a deployment will see, with PyTorch eager fp32 of the same model measured in the same run.
 
     \b
@@ -153,7 +156,7 @@ def bench(mode: str, models: tuple[str, ...], preset: str | None, bpe_dir: str |
         backends=backends, precisions=precisions, sizes=sizes, batches=batches, warmup=warmup, iters=iters,
         calib_images=calib_images, calib_max=calib_max, threads=threads, device=device, dataset=dataset_name,
         root=root, limit=limit, refine=not no_refine, plot=not no_plot, profile=profile, compile=compile_model,
-        peak=peak, command=command)
+        peak=peak, ort_low_memory=ort_low_memory, command=command)
     _inference(settings, out, no_plot)
 
 

@@ -27,7 +27,7 @@ from .options import backend_options, load_segmenter, read_categories, run_time_
 def evaluate_command(model: str, dataset_name: str, root: str | None, limit: int | None, out_file: str | None,
                      backend: str, device: str, no_refine: bool, refine_k: int | None, refine_iters: int | None,
                      short_side: int | None, max_long_side: int | None, precision: str,
-                     compile_model: bool, categories: str | None, categories_file: str | None,
+                     compile_model: bool, low_memory: bool, categories: str | None, categories_file: str | None,
                      no_progress: bool) -> None:
     """Evaluate the model at --model on a labelled dataset, the way IFSeg's paper does.
 
@@ -51,7 +51,7 @@ def evaluate_command(model: str, dataset_name: str, root: str | None, limit: int
     names = read_categories(categories, categories_file, required=False)
     dataset = get_dataset(dataset_name, root)
     with load_segmenter(model, backend, device, no_refine, refine_k, refine_iters, short_side, max_long_side,
-                        names, precision, compile_model) as seg:
+                        names, precision, compile_model, low_memory) as seg:
         report = evaluate(seg, dataset, limit=limit, progress=not no_progress, model_path=model)
     click.echo(format_table(report))
     if out_file:

@@ -90,6 +90,9 @@ def backend_options(f: Callable[..., Any]) -> Callable[..., Any]:
                           "fp32. An exported file has its precision built in."),
         click.option("--compile", "compile_model", is_flag=True,
                      help="torch backend: torch.compile the model (the first images take longer)."),
+        click.option("--low-memory", is_flag=True,
+                     help="onnxruntime backend: no memory arena, so each run's activations are handed back "
+                          "(on OFA-Base at 512x512 ~0.6 GiB less resident memory, 3-19% slower)."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -99,18 +102,25 @@ def backend_options(f: Callable[..., Any]) -> Callable[..., Any]:
 def load_segmenter(model: str, backend: str, device: str, no_refine: bool, refine_k: int | None,
                    refine_iters: int | None, short_side: int | None, max_long_side: int | None,
                    categories: list[str] | None = None, precision: str = "fp32",
-                   compile_model: bool = False) -> Any:
+                   compile_model: bool = False, low_memory: bool = False) -> Any:
     """The Segmenter of :func:`backend_options`' values, segmenting ``categories`` (None: the model's own). A user
     error (an :class:`~ifseg_deploy.errors.IfsegError` or an OSError) propagates: the command group prints it as
     ``Error: ...``."""
     from ..runtime.segmenter import Segmenter
 
-    torch_options: dict[str, Any] = {}
+    backend_kwargs: dict[str, Any] = {}
     if precision != "fp32" or compile_model:
         if backend != "torch":
             raise click.UsageError("--precision and --compile choose how the torch backend computes; an exported "
                                    "file has its precision built in (export --precision ...)")
-        torch_options = {"precision": precision, "compile": compile_model}
+        backend_kwargs = {"precision": precision, "compile": compile_model}
+    if low_memory:
+        if backend != "onnxruntime":
+            raise click.UsageError("--low-memory sets ONNX Runtime's session memory; it goes with --backend "
+                                   "onnxruntime")
+        from ..runtime.backends.ort_session import OrtSessionSettings
+
+        backend_kwargs = {"settings": OrtSessionSettings.low_memory()}
     if backend == "tensorrt" and str(model).lower().endswith(".onnx"):
         # The runtime loads engines and never builds one; on the command line an .onnx is still accepted: its
         # engine comes from the engine cache, built first if needed (minutes), as `export --format tensorrt` does.
@@ -119,7 +129,7 @@ def load_segmenter(model: str, backend: str, device: str, no_refine: bool, refin
         model = str(engine_for(model, device=device, echo=click.echo))
     return Segmenter.from_pretrained(model, backend=backend, device=device, refine=False if no_refine else None,
                                      refine_k=refine_k, refine_iters=refine_iters, short_side=short_side,
-                                     max_long_side=max_long_side, categories=categories, **torch_options)
+                                     max_long_side=max_long_side, categories=categories, **backend_kwargs)
 
 
 def parse_size(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:

@@ -63,7 +63,7 @@ def _output_stems(items: list[tuple[Path, Path | None]]) -> list[Path]:
                    "probabilities (0: off).")
 def segment(inputs: tuple[str, ...], camera: int | None, model: str, out_dir: str, backend: str, device: str,
             no_refine: bool, refine_k: int | None, refine_iters: int | None, short_side: int | None,
-            max_long_side: int | None, precision: str, compile_model: bool, categories: str | None,
+            max_long_side: int | None, precision: str, compile_model: bool, low_memory: bool, categories: str | None,
             categories_file: str | None, save_probs: bool, alpha: float, recursive: bool, no_progress: bool,
             save_labels: bool, max_frames: int | None, duration: float | None, batch: int, smooth: float) -> None:
     """Segment every IMAGE (and every image file in each DIR), or one VIDEO, camera (--camera N or
@@ -94,7 +94,7 @@ def segment(inputs: tuple[str, ...], camera: int | None, model: str, out_dir: st
 
     def load() -> Any:
         return load_segmenter(model, backend, device, no_refine, refine_k, refine_iters, short_side, max_long_side,
-                              names, precision, compile_model)
+                              names, precision, compile_model, low_memory)
 
     image_only = {"--save-probs": save_probs, "--recursive": recursive}
     stream_only = {"--save-labels": save_labels, "--max-frames": max_frames is not None,

@@ -61,6 +61,13 @@ class OrtSessionSettings:
     def describe(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def low_memory(cls, threads: int | None = None, spinning: bool = True) -> OrtSessionSettings:
+        """No arena and no memory pattern: a run's activations go back to the OS when it ends (with the trim
+        after the first run, the first call grows RSS by a few MiB instead of the activations' ~0.6 GiB on
+        OFA-Base at 512x512), at a cost in time measured in bench/README.md (+3% fp32, +19% int8-dynamic)."""
+        return cls(threads=threads, spinning=spinning, memory_arena=False, memory_pattern=False)
+
 
 def release_freed_memory() -> bool:
     """Hand memory that the process freed back to the OS (glibc's ``malloc_trim``); False where there is no
