@@ -92,7 +92,8 @@ def backend_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="torch backend: torch.compile the model (the first images take longer)."),
         click.option("--low-memory", is_flag=True,
                      help="onnxruntime backend: no memory arena, so each run's activations are handed back "
-                          "(on OFA-Base at 512x512 ~0.6 GiB less resident memory, 3-19% slower)."),
+                          "between runs (OFA-Base at 512x512: ~0.6 GiB; the peak during a run is unchanged; "
+                          "3-19% slower)."),
     ]
     for o in reversed(opts):
         f = o(f)
