@@ -93,7 +93,7 @@ def backend_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--low-memory", is_flag=True,
                      help="onnxruntime backend: no memory arena, so each run's activations are handed back "
                           "between runs (OFA-Base at 512x512: ~0.6 GiB; the peak during a run is unchanged; "
-                          "3-19% slower)."),
+                          "int8-dynamic files run ~7% slower)."),
     ]
     for o in reversed(opts):
         f = o(f)

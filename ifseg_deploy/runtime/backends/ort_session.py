@@ -65,7 +65,7 @@ class OrtSessionSettings:
     def low_memory(cls, threads: int | None = None, spinning: bool = True) -> OrtSessionSettings:
         """No arena and no memory pattern: a run's activations go back to the OS when it ends instead of staying
         in the arena (OFA-Base at 512x512: ~0.6 GiB resident between runs; the peak during a run is the same),
-        at a cost in time measured in bench/README.md (+3% fp32, +19% int8-dynamic)."""
+        at a cost in time measured in bench/README.md (fp32 as fast, int8-dynamic ~7% slower)."""
         return cls(threads=threads, spinning=spinning, memory_arena=False, memory_pattern=False)
 
 
