@@ -35,9 +35,10 @@ class DynamicQuantizeResult:
     conv_weights: int = 0
 
 
-def quantize_dynamic_int8(fp32_onnx: str | Path, out: str | Path) -> DynamicQuantizeResult:
+def quantize_dynamic_int8(fp32_onnx: str | Path, out: str | Path, int8_convs: bool = True) -> DynamicQuantizeResult:
     """Write the dynamic-INT8 version of an exported fp32 model to ``out`` (a temporary path: the caller checks
-    it before publishing)."""
+    it before publishing); ``int8_convs``: store the convolution weights as int8 too (the export falls back to
+    float ones when the accuracy gate refuses them)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -59,14 +60,15 @@ def quantize_dynamic_int8(fp32_onnx: str | Path, out: str | Path) -> DynamicQuan
         root.setLevel(level)
     model = onnx.load(str(out))
     n = sum(1 for node in model.graph.node if node.op_type == "MatMulInteger")
-    convs = store_conv_weights_int8(model)
+    convs = store_conv_weights_int8(model) if int8_convs else 0
     if n == 0:
         raise QuantizationError("dynamic quantization quantized nothing (no MatMulInteger in the result)")
     info = read_metadata(model, str(out))
     info.precision = DYNAMIC_INT8
     info.extra = {**info.extra, "quantization": {"tool": "onnxruntime.quantization.quantize_dynamic",
                                                  "op_types": list(QUANTIZED_OP_TYPES), "weights": "int8 per tensor",
-                                                 "conv_weights": "int8 per output channel, computed in float",
+                                                 "conv_weights": ("int8 per output channel, computed in float"
+                                                                  if convs else "float"),
                                                  "excluded_nodes": list(exclude)}}
     write_metadata(model, info)
     onnx.checker.check_model(model)

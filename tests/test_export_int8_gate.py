@@ -114,8 +114,11 @@ def test_gate_refuses_nan_or_missing_mIoU(miou):
 
 def test_dynamic_int8_passes_the_issue_gate_on_the_trained_model(demo_report, tmp_path):
     """ONNX Runtime's dynamic INT8, the CPU INT8 format: at most 1 mIoU point lost and >= 97% of the labels kept
-    on the demo's trained model, with int8 weights in the file."""
+    on the demo's trained model, with int8 weights in the file (on skimage.data photos: the synthetic scenes alone
+    keep 93.8% with int8 convolution weights, and the export falls back to float ones, next test)."""
     import onnx
+
+    pytest.importorskip("skimage", reason="the gate's inputs are skimage.data photos (the dev extra installs it)")
 
     from ifseg_deploy.runtime.model_info import read_info
 
@@ -131,14 +134,7 @@ def test_dynamic_int8_passes_the_issue_gate_on_the_trained_model(demo_report, tm
     model = onnx.load(str(out))
     ops = {n.op_type for n in model.graph.node}
     assert {"MatMulInteger", "DynamicQuantizeLinear"} <= ops and "ConvInteger" not in ops
-    # every convolution weight is stored as int8, one scale per output channel, and computed in float
-    inits = {t.name: t for t in model.graph.initializer}
-    made_by = {o: n for n in model.graph.node for o in n.output}
-    convs = [n for n in model.graph.node if n.op_type == "Conv"]
-    assert convs and all(made_by[c.input[1]].op_type == "DequantizeLinear" for c in convs)
-    for c in convs:
-        q, scale = (inits[name] for name in made_by[c.input[1]].input[:2])
-        assert q.data_type == onnx.TensorProto.INT8 and list(scale.dims) == [q.dims[0]]
+    _check_conv_weights(model, int8=True)
     # (the 30% of fp32 the issue asks is OFA-Base's figure, in bench/README.md: this tiny model's file is mostly
     # position tables, which stay float)
     assert out.stat().st_size < (out_dir / "model.onnx").stat().st_size
@@ -152,6 +148,38 @@ def test_dynamic_int8_passes_the_issue_gate_on_the_trained_model(demo_report, tm
     base.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     OrtBackend.from_file(out, device="cpu", session_options=base).close()
     assert "DequantizeLinear" not in {n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node}
+
+
+def _check_conv_weights(model, int8: bool) -> None:
+    """Every convolution weight stored as int8 (one scale per output channel, computed in float), or none."""
+    import onnx
+
+    inits = {t.name: t for t in model.graph.initializer}
+    made_by = {o: n for n in model.graph.node for o in n.output}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert convs
+    if not int8:
+        assert all(inits[c.input[1]].data_type == onnx.TensorProto.FLOAT for c in convs)
+        return
+    assert all(made_by[c.input[1]].op_type == "DequantizeLinear" for c in convs)
+    for c in convs:
+        q, scale = (inits[name] for name in made_by[c.input[1]].input[:2])
+        assert q.data_type == onnx.TensorProto.INT8 and list(scale.dims) == [q.dims[0]]
+
+
+def test_dynamic_int8_falls_back_to_float_convolutions_when_the_gate_refuses_int8_ones(demo_report, tmp_path):
+    """On the demo model int8 convolution weights keep 97.1% of the labels and float ones 98.8% (photos): at a
+    98% threshold the first file is refused and the second ships, with float convolution weights."""
+    pytest.importorskip("skimage", reason="the figures above are on skimage.data photos")
+    import onnx
+
+    out_dir, _ = demo_report
+    out = tmp_path / "model.int8-dynamic.onnx"
+    res = CliRunner().invoke(cli, ["export", "--model", str(out_dir / "model.onnx"), "--precision", "int8-dynamic",
+                                   "--reduced-agreement-threshold", "0.98", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "trying again with float convolution weights" in res.output
+    _check_conv_weights(onnx.load(str(out)), int8=False)
 
 
 def test_dynamic_int8_is_not_a_tensorrt_format(demo_report, tmp_path):
