@@ -93,7 +93,7 @@ def skip_reason(backend: str, precision: str, device: str) -> str | None:
     """Why (backend, precision) cannot run on ``device`` here, or None."""
     on_gpu = device.startswith("cuda")
     if precision == DYNAMIC_INT8 and backend != "onnxruntime":
-        return "int8-dynamic is onnxruntime's own CPU quantization (a diagnostic); not a format for this backend"
+        return "int8-dynamic is onnxruntime's own CPU quantization; not a format for this backend"
     if precision == "bf16" and backend != "torch":
         return "bf16 is the torch backend's autocast; an exported file is fp32, fp16 or int8"
     if backend == "torch":

@@ -68,7 +68,7 @@ def _ints(ctx: click.Context, param: click.Parameter, value: str | None) -> list
               show_default=True, help="Comma-separated precisions; combinations that cannot run here are "
                                       "reported as skipped, with the reason. int8 = the Q/DQ export (made for "
                                       "TensorRT); int8-dynamic = onnxruntime's own dynamic INT8 of the MatMul/Gemm "
-                                      "weights, a CPU diagnostic.")
+                                      "weights, the CPU INT8 format.")
 @click.option("--sizes", callback=parse_sizes, metavar="HxW[,HxW...]",
               help="Model input sizes. [default: the given .onnx files' fixed sizes, else the model's short side "
                    "squared (512x512 for OFA presets)]")
