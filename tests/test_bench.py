@@ -152,7 +152,7 @@ def test_inference_json_has_every_figure(inference_run):
     # what cannot run on a CPU is skipped, with the reason
     for backend, precision, why in (("torch", "fp16", "CUDA"), ("torch", "int8", "Q/DQ"),
                                     ("onnxruntime", "fp16", "TensorRT"), ("tensorrt", "fp32", "GPU"),
-                                    ("torch", "int8-dynamic", "diagnostic"), ("onnxruntime", "bf16", "autocast")):
+                                    ("torch", "int8-dynamic", "own CPU"), ("onnxruntime", "bf16", "autocast")):
         for r in _rows(report, backend=backend, precision=precision):
             assert r["status"] == "skipped" and why in r["reason"]
 
