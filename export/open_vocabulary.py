@@ -23,7 +23,6 @@ from ifseg_deploy.runtime.open_vocabulary import (
     DEFAULT_MAX_PROMPT_TOKENS,
     VocabularyBounds,
 )
-from ifseg_deploy.tokenizer import UNKNOWN_NAME
 
 
 class OpenVocabularyGraph(InferenceGraph):
@@ -57,10 +56,10 @@ def vocabulary_bounds(adapted: Any, max_names: int | None = None, max_name_token
     hi_prompt = min(limit, DEFAULT_MAX_PROMPT_TOKENS) if max_prompt_tokens is None else max_prompt_tokens
     hi_names = DEFAULT_MAX_NAMES if max_names is None else max_names
     hi_tokens = DEFAULT_MAX_NAME_TOKENS if max_name_tokens is None else max_name_tokens
-    fixed = 2 + len(tok.encode_words(adapted.prompt)) + len(tok.encode_words(UNKNOWN_NAME))
+    fixed = tok.prompt_overhead(adapted.prompt)
     names = list(adapted.categories)
     lengths = [len(t) for t in tok.name_tokens(names)]
-    prompt = fixed + sum(lengths)
+    prompt = len(tok.prompt_ids(names, adapted.prompt))
     if hi_prompt <= fixed:
         raise SpecError(f"--max-prompt-tokens {hi_prompt} leaves no room for a name: the prompt without names "
                          f"is {fixed} tokens")

@@ -326,11 +326,15 @@ class OFATokenizer:
             ids.extend(tokens)
         return [*ids, *self.encode_words(UNKNOWN_NAME), self.eos_id]
 
+    def prompt_overhead(self, prompt: str = DEFAULT_PROMPT) -> int:
+        """Tokens of :meth:`prompt_ids` besides the names: ``<s>``, the prompt, ``unknown``, ``</s>``."""
+        return 2 + len(self.encode_words(prompt)) + len(self.encode_words(UNKNOWN_NAME))
+
     def check_prompt_length(self, names: Sequence[str], limit: int, prompt: str = DEFAULT_PROMPT) -> int:
         """The length of :meth:`prompt_ids` for ``names``; :class:`PromptTooLongError` when it exceeds ``limit``
         (the encoder's text positions). Needs only the tokenizer, so callers check before loading weights."""
         prompt_len = len(self.encode_words(prompt))
-        fixed = 2 + prompt_len + len(self.encode_words(UNKNOWN_NAME))  # with <s> and </s>
+        fixed = self.prompt_overhead(prompt)
         lengths = [len(t) for t in self.name_tokens(names)]
         total = fixed + sum(lengths)
         if total <= limit:
