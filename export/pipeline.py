@@ -204,40 +204,19 @@ def _export(model: Path, out: Path, work: Path, opts: ExportOptions, dataset: An
         raise ExportUsageError(f"{model} is neither an adapted-model directory nor an .onnx file")
     info = read_info(onnx_path)
 
-    # 2. INT8: Q/DQ, or ONNX Runtime's dynamic quantization
+    # 2. INT8 (Q/DQ, or ONNX Runtime's dynamic quantization) or FP16, each gated against the fp32 file
     if precision in ("int8", DYNAMIC_INT8) and info.precision == "fp32":
-        if dataset is not None:  # a model for other classes is refused before quantizing, not after
-            from ifseg_deploy.evaluation.evaluate import match_classes
-
-            match_classes(info.categories, dataset.classes, getattr(dataset, "aliases", None),
-                          getattr(dataset, "name", "the dataset"))
-        quantize = _quantize if precision == "int8" else _quantize_dynamic
-        q_path, q_info = quantize(onnx_path, info, work, opts, echo)
-        try:
-            reports.append(_gate(onnx_path, q_path, info, opts, dataset, echo))
-        except ParityError as e:
-            if precision != DYNAMIC_INT8:
-                raise
-            # int8 convolution weights are the smaller file but cost the most accuracy; what ships is gated
-            echo(f"with int8 convolution weights: {str(e).splitlines()[0]}; trying again with float convolution "
-                 "weights")
-            q_path, q_info = _quantize_dynamic(onnx_path, info, work, opts, echo, int8_convs=False)
-            reports.append(_gate(onnx_path, q_path, info, opts, dataset, echo))
-        onnx_path, info = q_path, q_info
-        if opts.format == "onnx":
-            publish(onnx_path, out)
-            echo(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
-            return ExportSummary(out, opts.format, precision, info, reports)
+        onnx_path, info = _int8(onnx_path, info, work, opts, dataset, reports, echo)
     elif precision == "fp16" and info.precision == "fp32":
-        # 2b. FP16: the types in the file (TensorRT builds it strongly typed), checked here on ONNX Runtime
+        # the types in the file (TensorRT builds it strongly typed), checked here on ONNX Runtime
         onnx_path, info = _fp16(onnx_path, info, work, opts, reports, echo)
-        if opts.format == "onnx":
-            publish(onnx_path, out)
-            echo(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
-            return ExportSummary(out, opts.format, precision, info, reports)
     elif opts.format == "onnx":
         raise ExportUsageError(f"{model} is already a {info.precision} ONNX file; nothing to export to "
                                f"{precision} ONNX")
+    if opts.format == "onnx":
+        publish(onnx_path, out)
+        echo(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
+        return ExportSummary(out, opts.format, precision, info, reports)
 
     # 3. TensorRT engine
     return _engine(onnx_path, info, out, opts, reports, echo)
@@ -254,6 +233,29 @@ def _vocabulary_bounds(adapted: Any, model: Path, opts: ExportOptions) -> Any:
                                "--open-vocabulary (a subset of its names still works at run time), or adapt with "
                                "`--vocabulary`")
     return vocabulary_bounds(adapted, opts.max_names, opts.max_name_tokens, opts.max_prompt_tokens)
+
+
+def _int8(fp32_path: Path, info: ModelInfo, work: Path, opts: ExportOptions, dataset: Any,
+          reports: list[ParityReport], echo: Echo) -> tuple[Path, ModelInfo]:
+    precision = str(opts.precision)
+    if dataset is not None:  # a model for other classes is refused before quantizing, not after
+        from ifseg_deploy.evaluation.evaluate import match_classes
+
+        match_classes(info.categories, dataset.classes, getattr(dataset, "aliases", None),
+                      getattr(dataset, "name", "the dataset"))
+    quantize = _quantize if precision == "int8" else _quantize_dynamic
+    q_path, q_info = quantize(fp32_path, info, work, opts, echo)
+    try:
+        reports.append(_gate(fp32_path, q_path, info, opts, dataset, echo))
+    except ParityError as e:
+        if precision != DYNAMIC_INT8:
+            raise
+        # int8 convolution weights are the smaller file but cost the most accuracy; what ships is gated
+        echo(f"with int8 convolution weights: {str(e).splitlines()[0]}; trying again with float convolution "
+             "weights")
+        q_path, q_info = _quantize_dynamic(fp32_path, info, work, opts, echo, int8_convs=False)
+        reports.append(_gate(fp32_path, q_path, info, opts, dataset, echo))
+    return q_path, q_info
 
 
 def _quantize(fp32_path: Path, info: ModelInfo, work: Path, opts: ExportOptions,
@@ -277,9 +279,10 @@ def _quantize_dynamic(fp32_path: Path, info: ModelInfo, work: Path, opts: Export
     from .int8_dynamic import quantize_dynamic_int8
 
     q = quantize_dynamic_int8(fp32_path, work / "model.int8-dynamic.onnx", int8_convs=int8_convs)
-    echo(f"quantized {q.quantized_nodes} MatMul weights to int8 (activations per call) and stored {q.conv_weights} "
-         "ResNet convolution weights as int8 (computed in float); attention products and the refinement's "
-         "similarity stay fp32")
+    convs = (f"stored {q.conv_weights} ResNet convolution weights as int8 (computed in float)" if int8_convs
+             else "kept the ResNet's convolution weights in float")
+    echo(f"quantized {q.quantized_nodes} MatMul weights to int8 (activations per call) and {convs}; attention "
+         "products and the refinement's similarity stay fp32")
     return q.path, q.info
 
 
