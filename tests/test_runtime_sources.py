@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.stream import write_video
 from PIL import Image
 
 from ifseg_deploy.errors import IfsegError, InputError
@@ -47,16 +48,6 @@ def pan_frames(n: int = N, h: int = H, w: int = W, seed: int = 3) -> list[np.nda
     return [np.ascontiguousarray(scene[:, 3 * i: 3 * i + w]) for i in range(n)]
 
 
-def write_video(path: Path, frames: list[np.ndarray], fourcc: str = "mp4v", fps: float = FPS) -> Path:
-    w = cv2.VideoWriter(str(path), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*fourcc), fps,
-                        (frames[0].shape[1], frames[0].shape[0]))
-    assert w.isOpened()
-    for f in frames:
-        w.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
-    w.release()
-    return path
-
-
 @pytest.fixture(scope="module")
 def frames() -> list[np.ndarray]:
     return pan_frames()
@@ -65,7 +56,7 @@ def frames() -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def videos(frames, tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("videos")
-    return {ext: write_video(d / f"clip{ext}", frames, fourcc)
+    return {ext: write_video(d / f"clip{ext}", frames, fps=FPS, fourcc=fourcc)
             for ext, fourcc in ((".avi", "mp4v"), (".mp4", "mp4v"), (".mkv", "MJPG"))}
 
 
@@ -272,7 +263,7 @@ def test_http_video_file_reads_like_a_file(http_server, videos):
 
 
 def test_live_http_stream_reports_fps_and_size_then_ends_with_a_named_error(http_server, frames, tmp_path):
-    ts = write_video(tmp_path / "live.ts", frames)
+    ts = write_video(tmp_path / "live.ts", frames, fps=FPS)
     http_server.payload = ts.read_bytes()
     url = f"http://127.0.0.1:{http_server.server_address[1]}/live.ts"
     src = open_source(url, open_timeout=3, read_timeout=2)
